@@ -1,0 +1,86 @@
+"""Stage ``probe``: fixed-feature L2 logistic regression on penultimate features.
+
+Reads: a registered model version (``models:/<name>/<version>``), the dataset's train/val/test
+splits, the feature cache (``<workspace>/features/...``; filled on first use).
+Writes: the feature cache, and one MLflow run (tags stage=probe, setting=logistic, model,
+model_version, dataset) with params = the ProbeConfig, metrics ``test_accuracy``,
+``val_accuracy`` (percent, by the dataset's metric), ``selected_l2``, ``fit_seconds``,
+``extract_seconds``, and the artifact ``probe_sweep.csv`` (validation accuracy per l2).
+
+Protocol (the paper's): 45 log-spaced l2 values from 1e-6 to 1e5, chosen on the validation split
+(the dataset's own, else a seeded stratified hold-out of train), refit on train+val, scored on
+test. The solver lives in :mod:`suite.probe.solver`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from suite import tracking
+from suite.config import ProbeConfig, Setting, flatten
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    run_id: str
+    selected_l2: float
+    val_accuracy: float  # percent
+    test_accuracy: float  # percent
+    reused: bool
+
+
+def probe_cell(cfg: ProbeConfig, model_name: str, version: str) -> str:
+    """What defines a probe result (resume key): everything but where/how fast it runs."""
+    params = flatten(cfg)
+    for k in ("device", "data_root", "num_workers", "batch_size", "study", "model_version",
+              "backend"):
+        params.pop(k, None)
+    return tracking.cell_key(stage="probe", model=model_name, version=version, **params)
+
+
+def run_probe(cfg: ProbeConfig) -> ProbeResult:
+    """Fit the fixed-feature protocol for one (model version, dataset) and log it."""
+    import mlflow
+
+    from suite import data, features
+    from suite.probe.solver import fit_protocol
+    from suite.progress import resolve_device
+
+    mv = tracking.get_version(cfg.model_name, cfg.model_version)
+    info = data.get_info(cfg.dataset, cfg.data_root)
+    cell = probe_cell(cfg, mv.name, str(mv.version))
+    done = tracking.find_finished_run(cfg.study, cell)
+    if done is not None:
+        m = done.data.metrics
+        return ProbeResult(done.info.run_id, m.get("selected_l2", float("nan")),
+                           m.get("val_accuracy", float("nan")),
+                           m.get("test_accuracy", float("nan")), reused=True)
+    device = resolve_device(cfg.device)
+    tags = tracking.run_tags(cfg.study, "probe", model=mv.name, model_version=str(mv.version),
+                             dataset=info.name, setting=Setting.logistic.value, cell=cell)
+    tags["suite.model_uri"] = f"models:/{mv.name}/{mv.version}"
+    run_name = f"probe {mv.name} v{mv.version} {info.name}"
+    with tracking.start_run(cfg.study, run_name, tags) as run:
+        tracking.log_config(cfg)
+        t0 = time.perf_counter()
+        xs = {}
+        for split in ("train", "val", "test"):
+            xs[split] = features.extract(
+                mv, info.name, split, root=cfg.data_root, device=device,
+                batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
+                val_fraction=cfg.val_fraction)
+        extract_s = time.perf_counter() - t0
+        fit = fit_protocol(*xs["train"], *xs["val"], *xs["test"], l2_grid=cfg.l2_grid,
+                           backend=cfg.backend, metric=info.metric, device=device)
+        mlflow.log_metrics({
+            "test_accuracy": fit.test_accuracy, "val_accuracy": fit.val_accuracy,
+            "selected_l2": fit.selected_l2, "fit_seconds": fit.seconds,
+            "extract_seconds": extract_s, "feature_dim": float(xs["train"][0].shape[1]),
+            "n_train": float(len(xs["train"][0])),
+        })
+        mlflow.set_tag("suite.probe_backend", fit.backend)
+        lines = ["l2,val_accuracy"] + [f"{l2:.6g},{acc:.4f}" for l2, acc in fit.sweep]
+        mlflow.log_text("\n".join(lines) + "\n", "probe_sweep.csv")
+    return ProbeResult(run.info.run_id, fit.selected_l2, fit.val_accuracy, fit.test_accuracy,
+                       reused=False)

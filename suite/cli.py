@@ -1,0 +1,490 @@
+"""The ``suite`` command line: a thin shell over the stage functions.
+
+Each command parses options, builds a frozen config, calls one ``run_*`` function and returns an
+exit code. Shared options (workspace, tracking URI) live in the callback. User errors
+(:class:`suite.errors.SuiteError`) print one paragraph and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from suite.config import Launcher, ProbeBackend, Setting
+from suite.errors import EXIT_USER_ERROR, SuiteError
+
+app = typer.Typer(
+    help="Do better ImageNet models transfer better? Run transfer studies on MLflow.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+study_app = typer.Typer(help="Run a whole study (models × datasets × settings).",
+                        no_args_is_help=True)
+zoo_app = typer.Typer(help="Pretrained ImageNet checkpoints (torchvision, timm).",
+                      no_args_is_help=True)
+data_app = typer.Typer(help="Target datasets: list what is present, fetch explicitly.",
+                       no_args_is_help=True)
+bench_app = typer.Typer(help="Side-by-side benchmarks (ratios in one run).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+_OPTS: dict[str, Optional[str]] = {"workspace": None, "tracking_uri": None}
+
+WORKSPACE_HELP = ("Folder for the embedded MLflow store, artifacts, feature cache and reports "
+                  "(env SUITE_WORKSPACE; default ./suite-workspace).")
+
+
+@app.callback()
+def _root(
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WORKSPACE_HELP),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (a server, PostgreSQL...); wins over "
+        "the embedded store (env MLFLOW_TRACKING_URI)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    _OPTS["workspace"] = str(workspace) if workspace else None
+    _OPTS["tracking_uri"] = tracking_uri
+    if quiet:
+        os.environ["SUITE_PROGRESS"] = "0"
+
+
+def _tracking():
+    """Configure MLflow from the shared options (store created/migrated once, here)."""
+    from suite import tracking
+
+    return tracking.configure(_OPTS["workspace"], _OPTS["tracking_uri"])
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SuiteError(f"{what} must be comma-separated numbers, got {text!r}.",
+                         "For example: --lrs 0.01,0.1") from None
+    if not values:
+        raise SuiteError(f"{what} is empty.", "Give at least one value, e.g. 0.01.")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# study
+
+
+@study_app.command("run")
+def study_run(
+    config: Optional[str] = typer.Argument(
+        None, help="YAML study file or preset name (suite study list); default: mini."),
+    device: Optional[str] = typer.Option(None, help="Override the study's device (auto, cpu, "
+                                         "cuda, cuda:1)."),
+    launcher: Optional[Launcher] = typer.Option(
+        None, help="inprocess: call stages directly; project: one MLflow Project run per "
+        "pretrain/fine-tune cell."),
+    skip_analysis: bool = typer.Option(False, help="Stop after the training stages."),
+) -> None:
+    """Run a study end to end: pretrain → probe → fine-tune/scratch → analysis.
+
+    Resumable: every cell already FINISHED in MLflow is skipped, registered models are never
+    duplicated, and a killed run loses no completed cell. Ends with the correlation table and
+    the command to open the MLflow UI.
+    """
+    from suite.config import load_study, replace
+    from suite.study import run_study
+
+    cfg = load_study(config)
+    if device:
+        cfg = replace(cfg, device=device)
+    if launcher:
+        cfg = replace(cfg, launcher=launcher)
+    tr = _tracking()
+    run_study(cfg, analysis=not skip_analysis)
+    ws = f" --workspace {tr.workspace}" if tr.embedded else ""
+    from suite.progress import console
+
+    console.print(f"\nReview the study in the MLflow UI:  [bold]suite{ws} ui[/]  "
+                  "(then open http://127.0.0.1:5000)")
+
+
+@study_app.command("show")
+def study_show(config: Optional[str] = typer.Argument(None, help="YAML file or preset name.")):
+    """Print a study's full configuration (defaults filled in) as YAML."""
+    from suite.config import load_study, study_to_yaml
+
+    typer.echo(study_to_yaml(load_study(config)), nl=False)
+
+
+@study_app.command("list")
+def study_list() -> None:
+    """List the built-in study presets."""
+    from suite.config import PRESETS_DIR, list_presets
+
+    for name in list_presets():
+        doc = (PRESETS_DIR / f"{name}.yaml").read_text().splitlines()
+        first = next((ln.lstrip("# ").strip() for ln in doc if ln.startswith("#")), "")
+        typer.echo(f"{name:12s} {first}")
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+@app.command()
+def pretrain(
+    name: str = typer.Option(..., help="Model name; registered as <study>-<name> unless "
+                             "--registered-name is given."),
+    study: str = typer.Option("default", help="Study (= MLflow experiment)."),
+    arch: str = typer.Option("cnn", help="'cnn' or a torchvision architecture (suite zoo list)."),
+    width: int = typer.Option(16, help="cnn: channels of the first stage."),
+    depth: int = typer.Option(1, help="cnn: conv blocks per stage."),
+    bn_scale: bool = typer.Option(True, "--bn-scale", is_flag=False,
+                                  help="Learn batch-norm γ (true/false)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing ε."),
+    dropout: float = typer.Option(0.0, help="Dropout before the classifier."),
+    aux_head: bool = typer.Option(False, "--aux-head", is_flag=False,
+                                  help="Auxiliary classifier head (true/false)."),
+    epochs: int = typer.Option(4, help="Source-task epochs."),
+    source: str = typer.Option("synth-source", help="Source dataset (suite data list)."),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.1, help="Peak SGD learning rate (Nesterov, cosine decay)."),
+    weight_decay: float = typer.Option(5e-4),
+    seed: int = typer.Option(0),
+    registered_name: str = typer.Option("", help="Registry name (default <study>-<name>)."),
+    data_root: str = typer.Option("", help="Root of on-disk datasets."),
+    device: str = typer.Option("auto"),
+    num_workers: int = typer.Option(0, help="DataLoader workers for on-disk datasets."),
+    local: bool = typer.Option(False, "--local", help="Run in this process instead of "
+                               "launching projects/pretrain as an MLflow Project."),
+) -> None:
+    """Train a model on the source task, log it, and register it in the Model Registry."""
+    from suite.config import ModelConfig, PretrainConfig
+
+    model = ModelConfig(name=name, arch=arch, width=width, depth=depth, bn_scale=bn_scale,
+                        label_smoothing=label_smoothing, dropout=dropout, aux_head=aux_head,
+                        epochs=epochs)
+    cfg = PretrainConfig(model=model, source=source, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, seed=seed, registered_name=registered_name,
+                         study=study, data_root=data_root, device=device,
+                         num_workers=num_workers)
+    _tracking()
+    from suite.progress import console
+
+    if not local:
+        from suite.launch import launch_project
+        from suite.study import pretrain_params
+
+        run_id = launch_project("pretrain", pretrain_params(cfg), study)
+        console.print(f"pretrain run {run_id} finished")
+        return
+    from suite.pretrain import run_pretrain
+
+    res = run_pretrain(cfg)
+    state = "reused" if res.reused else "registered"
+    console.print(f"{state} {res.registered_name} v{res.version}: source top-1 "
+                  f"{res.source_top1:.2f}% (run {res.run_id})")
+
+
+@app.command()
+def finetune(
+    model: str = typer.Argument(..., help="Registered model name."),
+    dataset: str = typer.Argument(..., help="Target dataset (suite data list) or folder:PATH."),
+    setting: Setting = typer.Option(Setting.finetune, help="finetune: from the checkpoint; "
+                                    "scratch: same architecture from random init."),
+    version: str = typer.Option("latest", help="Model version, alias, or 'latest'."),
+    study: str = typer.Option("default"),
+    lrs: str = typer.Option("0.01,0.1", help="Learning-rate grid, comma-separated."),
+    wds: str = typer.Option("0.0001", help="Weight-decay grid, comma-separated."),
+    steps: int = typer.Option(300, help="Optimisation steps per grid point."),
+    batch_size: int = typer.Option(64),
+    eval_every: int = typer.Option(50, help="Steps between validation evaluations."),
+    seed: int = typer.Option(0),
+    data_root: str = typer.Option(""),
+    device: str = typer.Option("auto"),
+    num_workers: int = typer.Option(0),
+    local: bool = typer.Option(False, "--local", help="Run in this process instead of "
+                               "launching projects/finetune as an MLflow Project."),
+) -> None:
+    """Fine-tune (or train from scratch) over an lr × weight-decay grid; select on validation."""
+    from suite.config import FinetuneConfig
+
+    cfg = FinetuneConfig(model_name=model, dataset=dataset, model_version=version,
+                         setting=setting, lrs=_floats(lrs, "--lrs"),
+                         weight_decays=_floats(wds, "--wds"), steps=steps,
+                         batch_size=batch_size, eval_every=eval_every, seed=seed, study=study,
+                         data_root=data_root, device=device, num_workers=num_workers)
+    _tracking()
+    from suite.progress import console
+
+    if not local:
+        from suite.launch import launch_project
+        from suite.study import finetune_params
+
+        run_id = launch_project("finetune", finetune_params(cfg), study)
+        console.print(f"{setting.value} run {run_id} finished")
+        return
+    from suite.finetune import run_finetune
+
+    res = run_finetune(cfg)
+    console.print(f"{setting.value} {model} on {dataset}: test {res.test_accuracy:.2f}% "
+                  f"(val {res.val_accuracy:.2f}%, lr {res.selected_lr:g}, wd "
+                  f"{res.selected_wd:g}){' [reused]' if res.reused else ''}")
+
+
+@app.command()
+def probe(
+    model: str = typer.Argument(..., help="Registered model name."),
+    dataset: str = typer.Argument(..., help="Target dataset (suite data list) or folder:PATH."),
+    version: str = typer.Option("latest", help="Model version, alias, or 'latest'."),
+    study: str = typer.Option("default"),
+    backend: ProbeBackend = typer.Option(ProbeBackend.auto, help="Solver backend."),
+    val_fraction: float = typer.Option(0.2, help="Held out of train when the dataset has no "
+                                       "validation split."),
+    seed: int = typer.Option(0),
+    data_root: str = typer.Option(""),
+    device: str = typer.Option("auto"),
+    batch_size: int = typer.Option(256, help="Feature-extraction batch size."),
+    num_workers: int = typer.Option(0),
+) -> None:
+    """Fixed-feature logistic regression over the paper's 45 l2 values (cached features)."""
+    from suite.config import ProbeConfig
+    from suite.probe import run_probe
+    from suite.progress import console
+
+    cfg = ProbeConfig(model_name=model, dataset=dataset, model_version=version, backend=backend,
+                      val_fraction=val_fraction, seed=seed, study=study, data_root=data_root,
+                      device=device, batch_size=batch_size, num_workers=num_workers)
+    _tracking()
+    res = run_probe(cfg)
+    console.print(f"logistic {model} on {dataset}: test {res.test_accuracy:.2f}% "
+                  f"(val {res.val_accuracy:.2f}%, l2 {res.selected_l2:.3g})"
+                  f"{' [reused]' if res.reused else ''}")
+
+
+@app.command()
+def analyze(
+    study: str = typer.Option("mini", help="Study (= MLflow experiment) to analyse."),
+    from_csv: Optional[Path] = typer.Option(
+        None, help="Analyse a table with columns model,source_top1,dataset,setting,accuracy "
+        "(percent) instead of a study."),
+    to_csv: Optional[Path] = typer.Option(None, help="Write the study's tidy table here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
+    setting: Optional[List[str]] = typer.Option(None, help="Only these settings (repeatable)."),
+    tsne: Optional[str] = typer.Option(None, help="Two registered model names 'A,B' for the "
+                                       "t-SNE figure (from the feature cache)."),
+    resamples: int = typer.Option(2000, help="Bootstrap resamples."),
+    seed: int = typer.Option(0),
+    out_dir: str = typer.Option("", help="Report folder (default <workspace>/reports/<study>)."),
+) -> None:
+    """Correlations (log-odds), bootstrap CIs, figures and an HTML report, from MLflow or CSV."""
+    from suite.analysis import run_analysis
+    from suite.config import AnalysisConfig
+
+    cfg = AnalysisConfig(study=study, n_resamples=resamples, seed=seed, out_dir=out_dir)
+    _tracking()
+    run_analysis(cfg, from_csv=from_csv, to_csv=to_csv, json_out=json_out,
+                 settings=setting or None,
+                 tsne_models=tuple(tsne.split(",")) if tsne else None)
+
+
+@app.command()
+def ui(
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
+    port: int = typer.Option(5000),
+) -> None:
+    """Open the MLflow UI on this workspace's store (bound to 127.0.0.1)."""
+    import subprocess
+
+    tr = _tracking()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tr.tracking_uri,
+           "--host", host, "--port", str(port)]
+    if tr.artifact_root:
+        cmd += ["--default-artifact-root", tr.artifact_root]
+    from suite.progress import console
+
+    console.print(f"MLflow UI on http://{host}:{port}  (store {tr.tracking_uri}); Ctrl-C stops")
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo / data / bench
+
+
+@zoo_app.command("list")
+def zoo_list(
+    paper: bool = typer.Option(False, "--paper", help="Only the paper's 16 architectures."),
+) -> None:
+    """Every torchvision ImageNet architecture: top-1/top-5, resolution; paper archs marked."""
+    from rich.table import Table
+
+    from suite.models.zoo import list_zoo
+    from suite.progress import console as _  # noqa: F401
+
+    rows = list_zoo()
+    if paper:
+        rows = [r for r in rows if r.get("paper")]
+    table = Table(title=f"{len(rows)} ImageNet checkpoints")
+    cols = ["name", "weights", "acc@1", "acc@5", "params_m", "resolution", "paper", "source"]
+    for c in cols:
+        table.add_column(c, justify="right" if c.startswith(("acc", "params", "res")) else "left")
+    for r in rows:
+        table.add_row(*[_cell(r.get(c)) for c in cols])
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "✓" if v else ""
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+@zoo_app.command("register")
+def zoo_register(
+    name: str = typer.Argument(..., help="Architecture (suite zoo list)."),
+    weights_file: Optional[Path] = typer.Option(None, help="Checkpoint file (state_dict) to use "
+                                                "instead of torchvision's cache/download."),
+    source_top1: Optional[float] = typer.Option(None, help="ImageNet top-1 (percent) of a "
+                                                "checkpoint of your own."),
+    registered_name: Optional[str] = typer.Option(None, help="Registry name (default tv-NAME)."),
+    study: str = typer.Option("zoo", help="Experiment of the registration run."),
+) -> None:
+    """Register an ImageNet checkpoint in the Model Registry with its tags."""
+    from suite.models.zoo import register_zoo
+    from suite.progress import console
+
+    _tracking()
+    mv = register_zoo(name, weights_file=weights_file, source_top1=source_top1,
+                      registered_name=registered_name, study=study)
+    console.print(f"registered {mv.name} v{mv.version} "
+                  f"(source top-1 {mv.tags.get('source_top1', '?')}%)")
+
+
+@data_app.command("list")
+def data_list(root: str = typer.Option("", help="Data root of the on-disk datasets.")) -> None:
+    """Each dataset: present under the root?, classes, sizes, metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from suite.data import list_datasets
+
+    rows = list_datasets(root)
+    table = Table(title=f"datasets (root: {root or '-'})")
+    cols = ["name", "kind", "present", "classes", "train", "val", "test", "metric",
+            "description"]
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[_cell(r.get(c)) for c in cols])
+    Console().print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset name (suite data list)."),
+    root: str = typer.Option(..., help="Data root to download into."),
+) -> None:
+    """Download a dataset through torchvision (the only command that downloads data)."""
+    from suite.data import fetch
+    from suite.progress import console
+
+    fetch(name, root)
+    console.print(f"{name} is ready under {root}")
+
+
+@bench_app.command("probe")
+def bench_probe(
+    features: Optional[Path] = typer.Option(
+        None, help=".npz with x_train,y_train,x_val,y_val,x_test,y_test (e.g. a study's)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON."),
+    backend: Optional[List[str]] = typer.Option(
+        None, help="Backends to run (repeatable): cpu, cuda, reference, sklearn, torch_lbfgs."),
+    quick: bool = typer.Option(False, help="Small sizes only (seconds)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Full probe protocol: our solvers vs scikit-learn vs naive torch L-BFGS, side by side."""
+    from suite.probe.bench import run_bench
+
+    run_bench(features_file=features, json_out=json_out, backends=backend or None,
+              quick=quick, seed=seed)
+
+
+@bench_app.command("features")
+def bench_features(
+    arch: str = typer.Option("resnet18", help="Architecture (random weights)."),
+    batch_size: int = typer.Option(64),
+    n_images: int = typer.Option(512),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Extraction images/s vs pure forward throughput, and JPEG decode throughput."""
+    import json
+
+    from suite.features import bench_features as _bench
+    from suite.progress import resolve_device
+
+    res = _bench(arch, batch_size=batch_size, n_images=n_images, device=resolve_device(device))
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
+@bench_app.command("analysis")
+def bench_analysis(resamples: int = typer.Option(10000)) -> None:
+    """Bootstrap over 16 models × 12 datasets × 3 settings (target ≤ 5 s on 2 cores)."""
+    import json
+
+    from suite.analysis.stats import bench_bootstrap
+
+    typer.echo(json.dumps(bench_bootstrap(n_resamples=resamples), indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _quiet_libraries() -> None:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mlflow")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: run the app, turning user errors into one paragraph and exit code 2."""
+    _quiet_libraries()
+    try:
+        app(args=argv, prog_name="suite", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except SuiteError as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {e.message}", highlight=False)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        from rich.console import Console
+
+        Console(stderr=True).print("interrupted: completed cells are kept in MLflow; run the "
+                                   "same command again to resume.")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Stage orchestration: ``suite study run CONFIG``.
+
+Reads: a :class:`~suite.config.StudyConfig` (YAML or preset). Writes, into the study's MLflow
+experiment: one pretrain run + registered model version per model, one probe run per
+(model, dataset), one fine-tune and one scratch parent run (with a child per grid point) per
+(model, dataset), and one analysis run with the correlation table, figures and report.
+
+Resumable by construction: every stage function looks its cell up in MLflow first
+(``suite.cell`` tag on runs, on registered versions for pretraining) and reuses a FINISHED
+result, so re-running a study skips what is done, never registers duplicates, and a killed study
+loses only the cell in flight (marked KILLED/FAILED, never FINISHED).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from suite import tracking
+from suite.config import (AnalysisConfig, FinetuneConfig, GridOptions, Launcher, ModelConfig,
+                          PretrainConfig, ProbeConfig, Setting, StudyConfig, study_to_yaml)
+from suite.progress import console, make_progress
+
+
+@dataclass
+class StudyResult:
+    name: str
+    versions: dict[str, tuple[str, str]] = field(default_factory=dict)  # model -> (name, ver)
+    cells_run: int = 0
+    cells_reused: int = 0
+    seconds: float = 0.0
+    analysis: object | None = None
+
+
+def make_pretrain_config(cfg: StudyConfig, model: ModelConfig) -> PretrainConfig:
+    return PretrainConfig(model=model, source=cfg.source, batch_size=cfg.pretrain_batch_size,
+                          lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay,
+                          seed=cfg.seed, study=cfg.name, data_root=cfg.data_root,
+                          device=cfg.device, num_workers=cfg.num_workers)
+
+
+def make_probe_config(cfg: StudyConfig, name: str, version: str, dataset: str) -> ProbeConfig:
+    return ProbeConfig(model_name=name, model_version=version, dataset=dataset,
+                       backend=cfg.probe_backend, l2_grid=cfg.l2_grid, seed=cfg.seed,
+                       study=cfg.name, data_root=cfg.data_root, device=cfg.device,
+                       num_workers=cfg.num_workers)
+
+
+def make_finetune_config(cfg: StudyConfig, name: str, version: str, dataset: str,
+                         setting: Setting) -> FinetuneConfig:
+    grid: GridOptions = cfg.finetune if setting == Setting.finetune else cfg.scratch
+    return FinetuneConfig(model_name=name, model_version=version, dataset=dataset,
+                          setting=setting, lrs=grid.lrs, weight_decays=grid.weight_decays,
+                          steps=grid.steps, batch_size=grid.batch_size,
+                          eval_every=grid.eval_every, seed=cfg.seed, study=cfg.name,
+                          data_root=cfg.data_root, device=cfg.device,
+                          num_workers=cfg.num_workers)
+
+
+def pretrain_params(cfg: PretrainConfig) -> dict[str, object]:
+    """MLproject parameters of projects/pretrain for a config."""
+    m = cfg.model
+    return dict(name=m.name, study=cfg.study, arch=m.arch, width=m.width, depth=m.depth,
+                bn_scale=m.bn_scale, label_smoothing=m.label_smoothing, dropout=m.dropout,
+                aux_head=m.aux_head, epochs=m.epochs, source=cfg.source,
+                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                seed=cfg.seed, registered_name=cfg.registered_name, data_root=cfg.data_root,
+                device=cfg.device, num_workers=cfg.num_workers)
+
+
+def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
+    """MLproject parameters of projects/finetune for a config."""
+    return dict(model=cfg.model_name, dataset=cfg.dataset, setting=cfg.setting,
+                version=cfg.model_version, study=cfg.study, lrs=cfg.lrs,
+                wds=cfg.weight_decays, steps=cfg.steps, batch_size=cfg.batch_size,
+                eval_every=cfg.eval_every, seed=cfg.seed, data_root=cfg.data_root,
+                device=cfg.device, num_workers=cfg.num_workers)
+
+
+def _validate_names(cfg: StudyConfig) -> None:
+    """Fail before any training on unknown datasets or architectures."""
+    from suite import data, models
+
+    data.get_info(cfg.source, cfg.data_root)
+    for ds in cfg.datasets:
+        data.get_info(ds, cfg.data_root)
+    for m in cfg.models:
+        models.check_arch(m.arch)
+
+
+def _pretrain(cfg: StudyConfig, model: ModelConfig) -> tuple[str, str, bool]:
+    """Pretrain (or reuse) one model; returns (registered name, version, reused)."""
+    from suite import pretrain
+
+    pcfg = make_pretrain_config(cfg, model)
+    name = pcfg.registered_name or tracking.registered_name(cfg.name, model.name)
+    if cfg.launcher == Launcher.project:
+        mv = tracking.find_version_by_cell(name, pretrain.pretrain_cell(pcfg))
+        if mv is not None:
+            return name, str(mv.version), True
+        from suite.launch import launch_project
+
+        launch_project("pretrain", pretrain_params(pcfg), cfg.name)
+        mv = tracking.find_version_by_cell(name, pretrain.pretrain_cell(pcfg))
+        return name, str(mv.version), False
+    res = pretrain.run_pretrain(pcfg)
+    return res.registered_name, str(res.version), res.reused
+
+
+def _finetune(fcfg: FinetuneConfig, launcher: Launcher) -> bool:
+    """Fine-tune (or reuse) one cell; returns reused."""
+    from suite import finetune
+
+    if launcher == Launcher.project:
+        if tracking.find_finished_run(fcfg.study, finetune.finetune_cell(fcfg)) is not None:
+            return True
+        from suite.launch import launch_project
+
+        launch_project("finetune", finetune_params(fcfg), fcfg.study)
+        return False
+    return finetune.run_finetune(fcfg).reused
+
+
+def run_study(cfg: StudyConfig, analysis: bool = True) -> StudyResult:
+    """Run every cell of the study that is not already complete in MLflow, then analyse."""
+    from suite.probe import run_probe
+
+    t0 = time.perf_counter()
+    _validate_names(cfg)
+    exp = tracking.experiment_id(cfg.name)
+    tracking.client().set_experiment_tag(exp, "suite.study_yaml", study_to_yaml(cfg)[:4900])
+    res = StudyResult(cfg.name)
+    pairs = list(itertools.product(cfg.models, cfg.datasets))
+    trained = [s for s in (Setting.finetune, Setting.scratch) if s in cfg.settings]
+    n_cells = (len(cfg.models) + (len(pairs) if Setting.logistic in cfg.settings else 0)
+               + len(pairs) * len(trained))
+    console.print(f"study [bold]{cfg.name}[/]: {len(cfg.models)} models × "
+                  f"{len(cfg.datasets)} datasets × {len(cfg.settings)} settings "
+                  f"({n_cells} cells) → experiment {cfg.name!r} in {tracking.current_uri()}")
+
+    def done(reused: bool) -> None:
+        if reused:
+            res.cells_reused += 1
+        else:
+            res.cells_run += 1
+        progress.advance(task)
+
+    with make_progress(transient=False) as progress:
+        task = progress.add_task(f"study {cfg.name}", total=n_cells)
+        for model in cfg.models:
+            progress.update(task, description=f"pretrain {model.name}")
+            name, version, reused = _pretrain(cfg, model)
+            res.versions[model.name] = (name, version)
+            done(reused)
+        if Setting.logistic in cfg.settings:
+            for model, ds in pairs:
+                name, version = res.versions[model.name]
+                progress.update(task, description=f"probe {model.name} on {ds}")
+                done(run_probe(make_probe_config(cfg, name, version, ds)).reused)
+        for setting in trained:
+            for model, ds in pairs:
+                name, version = res.versions[model.name]
+                progress.update(task, description=f"{setting.value} {model.name} on {ds}")
+                done(_finetune(make_finetune_config(cfg, name, version, ds, setting),
+                               cfg.launcher))
+        progress.update(task, description=f"study {cfg.name}: training stages done")
+    console.print(f"{res.cells_run} cells run, {res.cells_reused} reused from MLflow "
+                  f"({time.perf_counter() - t0:.0f} s)")
+    if analysis:
+        from suite.analysis import run_analysis
+
+        res.analysis = run_analysis(AnalysisConfig(study=cfg.name, n_resamples=cfg.n_resamples,
+                                                   seed=cfg.seed))
+    res.seconds = time.perf_counter() - t0
+    console.print(f"study {cfg.name} finished in {res.seconds:.0f} s")
+    return res
