@@ -475,7 +475,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SuiteError as e:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e.message}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e.message}",
+                                                   highlight=False, markup=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         from rich.console import Console

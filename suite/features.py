@@ -1,0 +1,341 @@
+"""Penultimate features of a registered model on a dataset split, cached on disk.
+
+Reads: the registered model version (MLflow registry), the dataset split (suite.data).
+Writes: ``<workspace>/features/<model>/v<version>/<dataset>/<split>.npz`` with keys ``x``
+(n, D) float32, ``y`` (n,) int64 or (n, k) float32 (multi-label), and ``meta`` (JSON: what the
+features were computed from, checked on reuse).
+
+The cache is written atomically (a temporary file in the same folder, then ``os.replace``), so an
+interrupted extraction never leaves a half-written file that a later run would read; a file that
+cannot be read back (truncated by a full disk, edited, ...) is recomputed.
+
+Extraction runs the model in eval mode under ``torch.inference_mode``, batched; on CUDA with
+bf16 autocast and channels_last (features are returned as float32), on CPU in fp32. Images get
+the model's own preprocessing: on-disk datasets are decoded and transformed by
+:func:`suite.models.preprocessing`; the synthetic sets are generated normalised at 32×32, so a
+network registered at another input size (an ImageNet checkpoint: 224) gets them resized on the
+device, batch by batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from suite import tracking
+from suite.errors import SuiteError
+from suite.progress import console, make_progress, resolve_device
+
+FEATURES_DIR = "features"
+DEFAULT_SEED = 0
+DEFAULT_VAL_FRACTION = 0.2
+_HOLDOUT_SPLITS = ("train", "val", "trainval")  # depend on the seeded hold-out
+
+
+def _safe(part: str) -> str:
+    """A path component from a name (``folder:/a/b`` -> ``folder__a_b``)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(part))
+
+
+def cache_path(model_name: str, version: str | int, dataset: str, split: str, *,
+               seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
+    """``<workspace>/features/<model_name>/v<version>/<dataset>/<split>.npz``.
+
+    A non-default hold-out (``seed``, ``val_fraction``) of the train/val/trainval splits gets its
+    own file (``train-s1-vf0.3.npz``): those splits' contents depend on it.
+    """
+    stem = split
+    if split in _HOLDOUT_SPLITS and (seed, val_fraction) != (DEFAULT_SEED, DEFAULT_VAL_FRACTION):
+        stem = f"{split}-s{seed}-vf{val_fraction:g}"
+    return (tracking.current().workspace / FEATURES_DIR / _safe(model_name) / f"v{version}"
+            / _safe(dataset) / f"{stem}.npz")
+
+
+# ---------------------------------------------------------------------------------------------
+# cache I/O
+
+
+def _write_atomic(path: Path, **arrays: Any) -> None:
+    """np.savez into a temporary file next to ``path``, then rename over it (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # a file object: savez does not append ".npz"
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_cache(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (x, y) if the file exists, reads back whole, and was computed from the same
+    model and split (``meta``); else None (and the file is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+            stored = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    except Exception as e:  # noqa: BLE001 -- any unreadable file is recomputed
+        console.log(f"[yellow]feature cache {path} is unreadable ({type(e).__name__}); "
+                    "recomputing[/yellow]")
+        return None
+    if x.ndim != 2 or len(x) != len(y) or x.dtype != np.float32:
+        console.log(f"[yellow]feature cache {path} is malformed; recomputing[/yellow]")
+        return None
+    if stored.get("model_source") != meta["model_source"]:
+        return None  # same name and version number, different checkpoint (another store)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def prepare_extractor(model: nn.Module, device: torch.device) -> nn.Module:
+    """Penultimate-feature network on ``device`` (channels_last on CUDA)."""
+    from suite.models import feature_extractor
+
+    fe = feature_extractor(model).to(device)
+    if device.type == "cuda":
+        fe = fe.to(memory_format=torch.channels_last)
+    return fe
+
+
+def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device, *,
+                  image_size: int | None = None, total: int | None = None,
+                  description: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Features of every batch: (x (n, D) float32, y (n,) or (n, k)).
+
+    ``image_size``: resize (bilinear, antialiased) batches of another size to it on the device.
+    """
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    non_blocking = device.type == "cuda"
+    with make_progress() as bar, torch.inference_mode(), _autocast(device):
+        task = bar.add_task(description, total=total)
+        for images, labels in batches:
+            images = images.to(device, non_blocking=non_blocking)
+            if image_size and tuple(images.shape[-2:]) != (image_size, image_size):
+                images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                       align_corners=False, antialias=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            feats = extractor(images)
+            if isinstance(feats, (tuple, list)):  # defensive: never the aux output
+                feats = feats[0]
+            xs.append(feats.float().flatten(1).cpu())
+            ys.append(torch.as_tensor(labels))
+            bar.advance(task)
+    if not xs:
+        raise SuiteError("The dataset split is empty; there is nothing to extract.",
+                         "Check the dataset (suite data list).")
+    x = torch.cat(xs).numpy()
+    y = torch.cat(ys).numpy()
+    y = y.astype(np.float32) if y.ndim == 2 else y.astype(np.int64)
+    return np.ascontiguousarray(x, dtype=np.float32), y
+
+
+def _input_plan(mv, info) -> tuple[Any, int | None]:
+    """(per-image transform for the dataset, on-device resize side or None) of a version."""
+    from suite.models import CNN, preprocessing
+
+    tags = mv.tags or {}
+    arch = tags.get(tracking.VTAG_ARCH) or CNN
+    weights = tags.get("weights") or None
+    if weights is not None and "." in weights and "_Weights." not in weights:
+        weights = None  # a timm id: preprocessing() takes the timm name from the arch
+    transform, side = preprocessing(arch, weights)
+    side = int(tags.get("image_size") or side)
+    if info.kind == "synthetic":
+        # Generated normalised at their native side: only a resize if the network wants another.
+        return None, (side if side != info.image_size else None)
+    if hasattr(transform, "crop_size") and int(transform.crop_size[0]) != side:
+        from torchvision.transforms._presets import ImageClassification
+
+        transform = ImageClassification(crop_size=side, resize_size=round(side * 256 / 224),
+                                        mean=transform.mean, std=transform.std,
+                                        interpolation=transform.interpolation)
+    return transform, None
+
+
+def _default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto",
+            batch_size: int = 256, num_workers: int | None = None, seed: int = DEFAULT_SEED,
+            val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features of registered version ``mv`` on one split of ``dataset``:
+    (x (n, D) float32, y (n,) int64 or (n, k) float32). Cached (see the module docstring).
+
+    ``num_workers``: DataLoader workers for on-disk datasets (None: min(8, CPUs)); in-memory
+    synthetic sets are batched by tensor indexing without workers.
+    """
+    from suite import data
+    from suite.models import model_from_version
+
+    path = cache_path(mv.name, mv.version, dataset, split, seed=seed, val_fraction=val_fraction)
+    meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
+            "dataset": dataset, "split": split, "seed": seed, "val_fraction": val_fraction}
+    cached = _read_cache(path, meta)
+    if cached is not None:
+        return cached
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    info = data.get_info(dataset, root)
+    transform, resize_to = _input_plan(mv, info)
+    ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
+                         val_fraction=val_fraction)
+    workers = 0 if isinstance(ds, data.TensorImageDataset) else (
+        _default_workers() if num_workers is None else num_workers)
+    loader = data.make_loader(ds, batch_size, shuffle=False, seed=seed, num_workers=workers)
+    extractor = prepare_extractor(model_from_version(mv), device)
+    x, y = run_extractor(extractor, loader, device, image_size=resize_to, total=len(loader),
+                         description=f"features {mv.name} v{mv.version} {dataset}/{split}")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise SuiteError(
+            f"Features of {mv.name} v{mv.version} on {dataset}/{split} contain NaN or inf "
+            f"({bad} of {len(x)} images).",
+            "The checkpoint is probably broken (diverged training) or the inputs are not "
+            "normalised as the model expects; check its source_top1 and preprocessing tags.")
+    _write_atomic(path, x=x, y=y, meta=np.array(json.dumps(meta)))
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def _jpeg_bytes(n: int, height: int = 375, width: int = 500, seed: int = 0) -> list[bytes]:
+    """``n`` JPEG files (quality 90) of smooth random images, the size of a typical photo in
+    the paper's datasets (about 500×375)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        # Low-frequency noise upsampled: compresses like a photo, unlike white noise.
+        small = torch.rand(1, 3, height // 16, width // 16, generator=g)
+        img = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)
+        arr = (img[0].clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def bench_jpeg(n_images: int = 64, device: torch.device | None = None) -> dict[str, float]:
+    """JPEG decode throughput (images/s): PIL, torchvision.io.decode_jpeg on CPU, and on the
+    GPU (nvJPEG, batched) when ``device`` is CUDA."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    files = _jpeg_bytes(n_images)
+    res: dict[str, float] = {}
+    t = time.perf_counter()
+    for b in files:
+        np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+    res["jpeg_pil_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+    datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in files]
+    t = time.perf_counter()
+    for d in datas:
+        decode_jpeg(d)
+    res["jpeg_torchvision_cpu_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+    if device is not None and device.type == "cuda":
+        decode_jpeg(datas[:2], device=device)  # warm-up (nvJPEG handle)
+        _sync(device)
+        t = time.perf_counter()
+        decode_jpeg(datas, device=device)
+        _sync(device)
+        res["jpeg_torchvision_cuda_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+    return res
+
+
+def bench_features(arch: str = "resnet18", batch_size: int = 64, n_images: int = 512,
+                   device: Any = "auto", image_size: int | None = None,
+                   n_jpeg: int = 64) -> dict[str, Any]:
+    """Extraction throughput through :func:`run_extractor` (decoded images in memory, the path
+    :func:`extract` takes) vs the bare forward of the same extractor on the same batches,
+    plus JPEG decode throughput. Random weights (no download).
+
+    The gap between the two is the extraction overhead (batching, transfer, resize, copy back);
+    on a GPU the JPEG decode rate says whether on-disk datasets are decode-bound.
+    """
+    from suite.data import TensorImageDataset, make_loader
+    from suite.models import CNN, build_model, preprocessing
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    side = image_size or preprocessing(arch)[1]
+    torch.manual_seed(0)
+    model = build_model(arch, 10 if arch == CNN else 1000, weights=None)
+    extractor = prepare_extractor(model, device)
+    images = torch.randn(n_images, 3, side, side)
+    labels = torch.zeros(n_images, dtype=torch.int64)
+    loader = make_loader(TensorImageDataset(images, labels), batch_size, shuffle=False)
+
+    # Warm-up (allocator, cuDNN autotune, thread pools) on one batch.
+    run_extractor(extractor, [(images[:batch_size], labels[:batch_size])], device)
+
+    batches = [images[i:i + batch_size].to(device) for i in range(0, n_images, batch_size)]
+    if device.type == "cuda":
+        batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+    _sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode(), _autocast(device):
+        for b in batches:
+            extractor(b)
+    _sync(device)
+    forward_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    x, _ = run_extractor(extractor, loader, device, total=len(loader))
+    _sync(device)
+    extract_s = time.perf_counter() - t
+
+    res: dict[str, Any] = {
+        "arch": arch, "device": str(device), "batch_size": batch_size, "n_images": n_images,
+        "image_size": side, "feature_dim": int(x.shape[1]),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "forward_images_per_s": _rate(n_images, forward_s),
+        "extract_images_per_s": _rate(n_images, extract_s),
+        "extract_overhead": extract_s / forward_s - 1.0 if forward_s > 0 else float("nan"),
+        "threads": torch.get_num_threads(),
+    }
+    res.update(bench_jpeg(n_jpeg, device))
+    return res
+
+
+__all__ = ["bench_features", "bench_jpeg", "cache_path", "extract", "prepare_extractor",
+           "run_extractor"]

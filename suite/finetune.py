@@ -1,0 +1,238 @@
+"""Stage ``finetune``: fine-tune a registered model (or train its architecture from scratch) on a
+target dataset over a learning-rate × weight-decay grid.
+
+:func:`run_finetune` reads the registered version ``cfg.model_name``/``cfg.model_version`` (its
+weights for ``setting=finetune``, only its architecture tags for ``setting=scratch``) and the
+target's ``train``, ``val`` and ``test`` splits, and writes, in the study's experiment:
+
+- a parent run (tags ``suite.stage=finetune``, ``suite.setting``, ``suite.model``,
+  ``suite.model_version``, ``suite.dataset``, ``suite.cell``, ``suite.selected_run``) with the
+  config as params and metrics ``val_accuracy``, ``test_accuracy`` (percent, the dataset's
+  metric), ``selected_lr``, ``selected_wd`` and the histories ``curve_val_accuracy`` /
+  ``curve_test_accuracy`` of the selected point (step = optimisation step, step 0 = before
+  training);
+- one nested child run per grid point (tag ``suite.stage=finetune-point``) with params ``lr``,
+  ``weight_decay``, metrics ``val_accuracy``, ``test_accuracy``, ``train_loss`` and the same two
+  curves. No model artifacts are logged (they would dominate the cost of a small study).
+
+Selection: the point with the best final validation score (ties: the smaller learning rate, then
+the smaller weight decay); its test score is reported. Unlike the logistic probe, which refits on
+train+val as the paper does, fine-tuning is not refit: every point is trained on ``train`` only,
+so that the reported test score belongs to exactly the network that was selected (refitting would
+cost another full training run per cell).
+
+Resume: a FINISHED parent run with the same cell (setting, model name and version, dataset,
+grid, steps, batch size, seed) is returned as is (``reused=True``). A failure anywhere marks the
+point and the parent FAILED, and a re-run starts the cell over.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from suite import tracking
+from suite.config import FinetuneConfig, Setting
+from suite.errors import SuiteError
+from suite.progress import make_progress, resolve_device
+from suite.train import (AUX_WEIGHT, cosine_schedule, cycle_batches, eval_loader, evaluate,
+                         make_optimizer, train_steps)
+
+TAG_SELECTED_RUN = "suite.selected_run"
+POINT_STAGE = "finetune-point"
+CURVE_VAL = "curve_val_accuracy"
+CURVE_TEST = "curve_test_accuracy"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    run_id: str  # the parent run
+    val_accuracy: float  # percent, selected point, final step
+    test_accuracy: float  # percent, selected point, final step
+    selected_lr: float
+    selected_wd: float
+    reused: bool  # True when a finished run with the same cell was returned
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One trained grid point (a child run)."""
+
+    lr: float
+    wd: float
+    run_id: str
+    val_accuracy: float
+    test_accuracy: float
+    curve_val: list[tuple[int, float]]
+    curve_test: list[tuple[int, float]]
+
+
+def finetune_cell(cfg: FinetuneConfig, version: str) -> str:
+    """The resume key of a fine-tune/scratch cell for a resolved model version."""
+    return tracking.cell_key(
+        stage="finetune", setting=Setting(cfg.setting).value, model=cfg.model_name,
+        model_version=str(version), dataset=cfg.dataset, lrs=list(cfg.lrs),
+        weight_decays=list(cfg.weight_decays), steps=cfg.steps, batch_size=cfg.batch_size,
+        seed=cfg.seed)
+
+
+def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """Train every (lr, wd) point of the grid, select on validation, report test."""
+    setting = Setting(cfg.setting)
+    _check(cfg, setting)
+    mv = tracking.get_version(cfg.model_name, cfg.model_version)
+    version = str(mv.version)
+    cell = finetune_cell(cfg, version)
+    done = tracking.find_finished_run(cfg.study, cell)
+    if done is not None:
+        m = done.data.metrics
+        return FinetuneResult(done.info.run_id, m["val_accuracy"], m["test_accuracy"],
+                              m["selected_lr"], m["selected_wd"], reused=True)
+
+    data = _load_data(cfg, mv)
+    device = resolve_device(cfg.device)
+    base = None
+    if setting is Setting.finetune:
+        from suite.models import model_from_version
+
+        base = model_from_version(mv)  # loaded once, copied per grid point
+
+    tags = tracking.run_tags(cfg.study, "finetune", model=cfg.model_name, model_version=version,
+                             dataset=cfg.dataset, setting=setting.value, cell=cell)
+    point_tags = tracking.run_tags(cfg.study, POINT_STAGE, model=cfg.model_name,
+                                   model_version=version, dataset=cfg.dataset,
+                                   setting=setting.value)
+    grid = list(itertools.product(cfg.lrs, cfg.weight_decays))
+    run_name = f"{setting.value} {cfg.model_name}/v{version} on {cfg.dataset}"
+    with tracking.start_run(cfg.study, run_name, tags) as parent:
+        tracking.log_config(cfg)
+        points = []
+        with make_progress() as bar:
+            task = bar.add_task(run_name, total=len(grid) * cfg.steps)
+            for lr, wd in grid:
+                with tracking.start_run(cfg.study, f"lr={lr:g} wd={wd:g}", point_tags,
+                                        nested=True) as child:
+                    points.append(_train_point(cfg, setting, mv, base, data, lr, wd, device,
+                                               child.info.run_id, lambda: bar.advance(task)))
+        best = select_point(points)
+        _log_selected(best)
+    return FinetuneResult(parent.info.run_id, best.val_accuracy, best.test_accuracy, best.lr,
+                          best.wd, reused=False)
+
+
+def _check(cfg: FinetuneConfig, setting: Setting) -> None:
+    if setting not in (Setting.finetune, Setting.scratch):
+        raise SuiteError(f"run_finetune got setting={setting.value!r}.",
+                         "Use finetune or scratch; the logistic setting is the probe stage.")
+    if not cfg.lrs or not cfg.weight_decays:
+        raise SuiteError("The fine-tune grid is empty (no learning rates or weight decays).",
+                         "Give at least one value in lrs and in weight_decays.")
+    if any(lr <= 0 for lr in cfg.lrs) or any(wd < 0 for wd in cfg.weight_decays):
+        raise SuiteError("Learning rates must be positive and weight decays non-negative.",
+                         "Fix lrs / weight_decays.")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 0:
+        raise SuiteError(f"Invalid steps={cfg.steps}, batch_size={cfg.batch_size} or "
+                         f"eval_every={cfg.eval_every}.",
+                         "Use steps >= 1, batch_size >= 1, eval_every >= 0 (0 = only at the end).")
+
+
+@dataclass(frozen=True)
+class _Data:
+    info: object  # suite.data.DatasetInfo
+    train: object  # torch Dataset
+    val_loader: object
+    test_loader: object
+
+
+def _load_data(cfg: FinetuneConfig, mv) -> _Data:
+    from suite.data import get_info, load_split
+
+    info = get_info(cfg.dataset, root=cfg.data_root)
+    if info.num_classes < 2:
+        raise SuiteError(
+            f"Dataset {cfg.dataset!r} has {info.num_classes} class(es); fine-tuning a classifier "
+            "needs at least 2.", "Use a dataset with two or more classes.")
+    transform = None
+    if info.kind != "synthetic":
+        from suite.models import preprocessing
+
+        transform, _ = preprocessing(mv.tags.get(tracking.VTAG_ARCH, "cnn"))
+    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed)
+    return _Data(
+        info=info,
+        train=load_split(cfg.dataset, "train", **split),
+        val_loader=eval_loader(load_split(cfg.dataset, "val", **split),
+                               num_workers=cfg.num_workers),
+        test_loader=eval_loader(load_split(cfg.dataset, "test", **split),
+                                num_workers=cfg.num_workers),
+    )
+
+
+def _build(setting: Setting, mv, base, num_classes: int, seed: int) -> torch.nn.Module:
+    """The network of one grid point: pretrained weights with a fresh head (finetune) or the same
+    architecture and training choices at random init (scratch). The new head's (or the whole
+    network's) initialisation follows ``seed``, identical for every grid point."""
+    from suite.models import architecture_from_version, replace_head
+
+    torch.manual_seed(seed)
+    if setting is Setting.finetune:
+        return replace_head(copy.deepcopy(base), num_classes)
+    return architecture_from_version(mv, num_classes)
+
+
+def _train_point(cfg: FinetuneConfig, setting: Setting, mv, base, data: _Data, lr: float,
+                 wd: float, device: torch.device, run_id: str, on_step) -> _Point:
+    """Train one grid point inside its (active) child run and log it."""
+    import mlflow
+
+    info = data.info
+    model = _build(setting, mv, base, info.num_classes, cfg.seed).to(device)
+    optimizer = make_optimizer(model, lr, wd)
+    scheduler = cosine_schedule(optimizer, cfg.steps)
+    batches = cycle_batches(data.train, cfg.batch_size, seed=cfg.seed,
+                            num_workers=cfg.num_workers)
+    curve_val: list[tuple[int, float]] = []
+    curve_test: list[tuple[int, float]] = []
+
+    def on_eval(step: int) -> None:
+        curve_val.append((step, evaluate(model, data.val_loader, info.metric, device)))
+        curve_test.append((step, evaluate(model, data.test_loader, info.metric, device)))
+
+    # Fine-tuning uses plain (un-smoothed) targets; a kept auxiliary head still gets weight 0.4.
+    loss = train_steps(model, batches, cfg.steps, optimizer, scheduler, device=device,
+                       aux_weight=AUX_WEIGHT, multilabel=info.multilabel, on_eval=on_eval,
+                       eval_every=cfg.eval_every, on_step=on_step)
+    val, test = curve_val[-1][1], curve_test[-1][1]  # the last evaluation is at step == steps
+    mlflow.log_params({"lr": lr, "weight_decay": wd})
+    mlflow.log_metrics({"val_accuracy": val, "test_accuracy": test, "train_loss": loss},
+                       step=cfg.steps)
+    tracking.log_curve(CURVE_VAL, curve_val)
+    tracking.log_curve(CURVE_TEST, curve_test)
+    return _Point(lr, wd, run_id, val, test, curve_val, curve_test)
+
+
+def select_point(points: list[_Point]) -> _Point:
+    """Best final validation score; ties (and nan) broken toward smaller lr, then smaller wd."""
+
+    def key(p: _Point):
+        v = p.val_accuracy
+        return (-(v if math.isfinite(v) else -math.inf), p.lr, p.wd)
+
+    return min(points, key=key)
+
+
+def _log_selected(best: _Point) -> None:
+    import mlflow
+
+    mlflow.log_metrics({"val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
+                        "selected_lr": best.lr, "selected_wd": best.wd})
+    mlflow.set_tag(TAG_SELECTED_RUN, best.run_id)
+    tracking.log_curve(CURVE_VAL, best.curve_val)
+    tracking.log_curve(CURVE_TEST, best.curve_test)
+
+
+__all__ = ["FinetuneResult", "run_finetune", "finetune_cell", "select_point", "TAG_SELECTED_RUN"]

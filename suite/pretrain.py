@@ -1,0 +1,158 @@
+"""Stage ``pretrain``: train one network on the source task and register it.
+
+:func:`run_pretrain` reads the source dataset (``train``, ``val`` and ``test`` splits of
+``cfg.source``) and writes, in the study's experiment:
+
+- one run (tags ``suite.stage=pretrain``, ``suite.model``, ``suite.dataset``, ``suite.cell``) with
+  the config as params, per-epoch metrics ``train_loss``, ``val_accuracy`` and ``source_top1``
+  (source test top-1, percent; its last value is the final one), and the model artifact;
+- one registered model version (name ``cfg.registered_name`` or ``<study>-<model.name>``)
+  tagged with the architecture, its training choices, the source dataset, ``source_top1``,
+  ``suite.study``, ``suite.cell`` and ``run_id``.
+
+Resume: the cell (a hash of the config without device/num_workers/data_root) is a version tag;
+a version with the same cell is returned as is (``reused=True``), so a study never registers the
+same checkpoint twice. Registration is the last step inside the run: a run killed before it
+leaves no version, and a version registered just before a crash is still found by its cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from suite import tracking
+from suite.config import PretrainConfig, flatten
+from suite.errors import SuiteError
+from suite.progress import make_progress, resolve_device
+from suite.train import (AUX_WEIGHT, cosine_schedule, cycle_batches, eval_loader, evaluate,
+                         make_optimizer, steps_per_epoch, train_steps)
+
+# Config fields that change where/how fast a result is computed, not the result itself.
+_NOT_IN_CELL = ("device", "num_workers", "data_root")
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    registered_name: str
+    version: str
+    source_top1: float  # percent, on the source test split
+    run_id: str
+    reused: bool  # True when an already registered version with the same cell was returned
+
+
+def pretrain_cell(cfg: PretrainConfig) -> str:
+    """The resume key of a pretraining config."""
+    parts = {k: v for k, v in flatten(cfg).items() if k not in _NOT_IN_CELL}
+    return tracking.cell_key(stage="pretrain", **parts)
+
+
+def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Train ``cfg.model`` on ``cfg.source`` for ``cfg.model.epochs`` epochs and register it
+    (or return the version already registered for this exact config)."""
+    name = cfg.registered_name or tracking.registered_name(cfg.study, cfg.model.name)
+    cell = pretrain_cell(cfg)
+    found = tracking.find_version_by_cell(name, cell)
+    if found is not None:
+        return PretrainResult(name, str(found.version),
+                              float(found.tags.get(tracking.VTAG_SOURCE_TOP1, "nan")),
+                              found.run_id or found.tags.get("run_id", ""), reused=True)
+    _check(cfg)
+
+    tags = tracking.run_tags(cfg.study, "pretrain", model=name, dataset=cfg.source, cell=cell)
+    with tracking.start_run(cfg.study, f"pretrain {name}", tags) as run:
+        tracking.log_config(cfg)
+        model, info, image_size, top1 = _train(cfg)
+        mv = _register(model, name, cfg, cell, info, image_size, top1, run.info.run_id)
+    return PretrainResult(name, str(mv.version), top1, run.info.run_id, reused=False)
+
+
+def _check(cfg: PretrainConfig) -> None:
+    m = cfg.model
+    if m.epochs < 1:
+        raise SuiteError(f"Model {m.name!r} has epochs={m.epochs}.", "Set epochs to 1 or more.")
+    if not 0.0 <= m.label_smoothing < 1.0:
+        raise SuiteError(f"Model {m.name!r} has label_smoothing={m.label_smoothing}.",
+                         "Use a value in [0, 1), e.g. 0.1.")
+    if not 0.0 <= m.dropout < 1.0:
+        raise SuiteError(f"Model {m.name!r} has dropout={m.dropout}.",
+                         "Use a probability in [0, 1), e.g. 0.2.")
+
+
+def _train(cfg: PretrainConfig):
+    """Train inside the active run; returns (model on CPU in eval mode, info, image side,
+    source test top-1 in percent)."""
+    import mlflow
+
+    from suite.data import get_info, load_split
+    from suite.models import build_model, preprocessing
+
+    m = cfg.model
+    device = resolve_device(cfg.device)
+    info = get_info(cfg.source, root=cfg.data_root)
+    if info.multilabel or info.num_classes < 2:
+        raise SuiteError(
+            f"Source dataset {cfg.source!r} is {'multi-label' if info.multilabel else 'single-class'}"
+            "; pretraining needs a single-label classification task with at least 2 classes.",
+            "Pick another source dataset (suite data list).")
+    transform = None
+    if info.kind != "synthetic":
+        transform, _ = preprocessing(m.arch)
+    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed)
+    train = load_split(cfg.source, "train", **split)
+    val_loader = eval_loader(load_split(cfg.source, "val", **split), num_workers=cfg.num_workers)
+    test_loader = eval_loader(load_split(cfg.source, "test", **split), num_workers=cfg.num_workers)
+    image_size = int(train[0][0].shape[-1])
+
+    torch.manual_seed(cfg.seed)  # weight init and dropout masks follow the seed
+    model = build_model(m.arch, info.num_classes, width=m.width, depth=m.depth,
+                        bn_scale=m.bn_scale, dropout=m.dropout, aux_head=m.aux_head).to(device)
+    per_epoch = steps_per_epoch(train, cfg.batch_size)
+    total = per_epoch * m.epochs
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, total)
+    batches = cycle_batches(train, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
+
+    top1 = float("nan")
+    with make_progress() as bar:
+        task = bar.add_task(f"pretrain {m.name} on {cfg.source}", total=total)
+        for epoch in range(1, m.epochs + 1):
+            loss = train_steps(model, batches, per_epoch, optimizer, scheduler, device=device,
+                               label_smoothing=m.label_smoothing, aux_weight=AUX_WEIGHT,
+                               on_step=lambda: bar.advance(task))
+            val = evaluate(model, val_loader, info.metric, device)
+            top1 = evaluate(model, test_loader, "top1", device)
+            # One batched call per epoch; the history of source_top1 is the test curve.
+            mlflow.log_metrics({"train_loss": loss, "val_accuracy": val, "source_top1": top1},
+                               step=epoch)
+    return model.cpu().eval(), info, image_size, top1
+
+
+def _register(model, name: str, cfg: PretrainConfig, cell: str, info, image_size: int,
+              top1: float, run_id: str):
+    """Log the model artifact and register it (the last step of the run)."""
+    from suite.models import log_and_register_model
+
+    m = cfg.model
+    tags = {
+        tracking.VTAG_ARCH: m.arch,
+        "width": m.width,
+        "depth": m.depth,
+        "bn_scale": m.bn_scale,
+        "label_smoothing": m.label_smoothing,
+        "dropout": m.dropout,
+        "aux_head": m.aux_head,
+        "num_classes": info.num_classes,
+        "image_size": image_size,
+        tracking.VTAG_SOURCE: cfg.source,
+        tracking.VTAG_SOURCE_TOP1: top1,
+        tracking.TAG_STUDY: cfg.study,
+        tracking.TAG_CELL: cell,
+        "run_id": run_id,
+    }
+    example = torch.zeros(2, 3, image_size, image_size)  # (n, 3, H, W): the pt2 input example
+    return log_and_register_model(model, name, tags, example)
+
+
+__all__ = ["PretrainResult", "run_pretrain", "pretrain_cell"]

@@ -1,0 +1,228 @@
+"""The tidy table: from a (fake) MLflow study, CSV round trip, bad-input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from suite import tracking
+from suite.analysis import table
+from suite.errors import SuiteError
+
+STUDY = "tbl"
+DATASETS = ("d1", "d2")
+BASE = dict(architecture="cnn", width=16, depth=1, bn_scale=True, label_smoothing=0.0,
+            dropout=0.0, aux_head=False)
+# name -> (source top-1, design changes from BASE)
+MODELS = {
+    "base": (70.0, {}),
+    "nobn": (69.5, {"bn_scale": False}),  # one choice differs from base -> a pair
+    "ls": (70.5, {"label_smoothing": 0.1}),  # one choice differs from base -> a pair
+    "wide": (75.0, {"width": 32}),  # width is not a training choice -> no pair
+}
+
+
+def _acc(model: str, dataset: str, setting: str) -> float:
+    src = MODELS[model][0]
+    return round(src - 10 * DATASETS.index(dataset) - {"logistic": 5, "finetune": 0,
+                                                       "scratch": 15}[setting], 3)
+
+
+def _curve(setting: str) -> list[tuple[int, float]]:
+    # fine-tuning reaches scratch's final 60% at step 50, scratch at step 200: speed-up 4
+    if setting == "finetune":
+        return [(0, 10.0), (50, 60.0), (100, 70.0), (200, 72.0)]
+    return [(0, 10.0), (100, 40.0), (200, 60.0)]
+
+
+def _fresh_store(root, config, tmp_path_factory):
+    """A new embedded store in ``root``, copied from a once-migrated template: creating the
+    SQLite schema from scratch takes many seconds. The template lives in pytest's cache (keyed
+    by the MLflow version) when it is available, else in this session's temporary folder."""
+    import mlflow
+
+    try:
+        template = config.cache.mkdir(f"analysis-mlflow-{mlflow.__version__}")
+    except Exception:  # cache provider disabled
+        template = tmp_path_factory.getbasetemp() / "analysis-store-template"
+    if not (template / "mlflow.db").exists():
+        tracking._CURRENT = None
+        tracking.configure(workspace=template)
+        # configure() exports the store it chose; the copy below must not inherit it.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop(tracking.ENV_WORKSPACE, None)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template / "mlflow.db", root / "mlflow.db")
+    tracking._CURRENT = None
+    return tracking.configure(workspace=root)
+
+
+def _log_study() -> None:
+    import mlflow
+
+    with tracking.start_run(STUDY, "pretrain", tracking.run_tags(STUDY, "pretrain")) as run:
+        for name in MODELS:
+            mlflow.log_text("weights", f"{name}/model/weights.txt")
+    for name, (src, changes) in MODELS.items():
+        tags = {**BASE, **changes, "source_top1": src, tracking.TAG_STUDY: STUDY,
+                "source_dataset": "synth-source"}
+        tracking.register_version(run.info.run_id, "", tracking.registered_name(STUDY, name),
+                                  tags, model_uri=f"{run.info.artifact_uri}/{name}/model")
+    for name in MODELS:
+        reg = tracking.registered_name(STUDY, name)
+        for d in DATASETS:
+            tags = tracking.run_tags(STUDY, "probe", model=reg, model_version="1", dataset=d,
+                                     setting="logistic")
+            with tracking.start_run(STUDY, f"probe-{name}-{d}", tags):
+                mlflow.log_metric("test_accuracy", _acc(name, d, "logistic"))
+        for setting in ("finetune", "scratch"):
+            tags = tracking.run_tags(STUDY, "finetune", model=reg, model_version="1",
+                                     dataset="d1", setting=setting)
+            with tracking.start_run(STUDY, f"{setting}-{name}", tags):
+                mlflow.log_metric("test_accuracy", _acc(name, "d1", setting))
+                tracking.log_curve("curve_test_accuracy", _curve(setting))
+                child = tracking.run_tags(STUDY, "finetune-point", model=reg, dataset="d1",
+                                          setting=setting)
+                with tracking.start_run(STUDY, "point", child, nested=True):
+                    mlflow.log_metric("test_accuracy", 1.0)  # a grid point: not a result
+    # A failed run must be ignored.
+    tags = tracking.run_tags(STUDY, "probe", model=tracking.registered_name(STUDY, "base"),
+                             model_version="1", dataset="d1", setting="logistic")
+    with pytest.raises(RuntimeError):
+        with tracking.start_run(STUDY, "failed", tags):
+            mlflow.log_metric("test_accuracy", 0.0)
+            raise RuntimeError("boom")
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory, pytestconfig):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", "unset")
+        mp.delenv("MLFLOW_TRACKING_URI")
+        mp.setenv("SUITE_WORKSPACE", "unset")
+        mp.delenv("SUITE_WORKSPACE")
+        root = tmp_path_factory.mktemp("study")
+        _fresh_store(root, pytestconfig, tmp_path_factory)
+        _log_study()
+        yield root
+        tracking._CURRENT = None
+
+
+def test_table_from_mlflow(study_store):
+    df, notes = table.load_study_table(STUDY)
+    assert notes == []
+    assert len(df) == len(MODELS) * (len(DATASETS) + 2)
+    assert set(df["model"]) == set(MODELS)  # study prefix stripped
+    for _, row in df.iterrows():
+        assert row["accuracy"] == _acc(row["model"], row["dataset"], row["setting"])
+        assert row["source_top1"] == MODELS[row["model"]][0]
+        expect = {**BASE, **MODELS[row["model"]][1]}
+        for k in table.DESIGN:
+            assert row[k] == expect[k], k
+        assert row["version"] == "1" and isinstance(row["run_id"], str)
+    assert df["bn_scale"].map(type).eq(bool).all()
+
+
+def test_csv_round_trip_of_a_study(study_store, tmp_path):
+    df, _ = table.load_study_table(STUDY)
+    path = table.write_csv(df, tmp_path / "t.csv")
+    assert path.read_text().splitlines()[0].startswith("model,source_top1,dataset,setting,accuracy")
+    back = table.read_csv(path)
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), df.reset_index(drop=True),
+                                  check_dtype=False)
+
+
+def test_run_analysis_on_a_study(study_store, tmp_path):
+    from suite.analysis import run_analysis
+    from suite.config import AnalysisConfig
+
+    out = tmp_path / "rep"
+    csv = tmp_path / "export.csv"
+    res = run_analysis(AnalysisConfig(study=STUDY, n_resamples=200, out_dir=str(out)),
+                       to_csv=csv)
+    assert table.read_csv(csv)["accuracy"].tolist() == \
+        table.load_study_table(STUDY)[0]["accuracy"].tolist()
+    s = res.stats
+    assert list(s["settings"]) == ["logistic", "finetune", "scratch"]
+    fvs = s["finetune_vs_scratch"]
+    assert fvs["per_dataset"]["d1"]["mean_diff"] == pytest.approx(15.0)
+    assert fvs["per_dataset"]["d1"]["median_speedup"] == pytest.approx(4.0)
+    assert "curves" in res.figures and "choices" in res.figures
+    pairs = {(c["baseline"], c["variant"], c["choice"]) for c in s["choices"]}
+    assert pairs == {("base", "nobn", "bn_scale"), ("base", "ls", "label_smoothing")}
+    nobn = next(c for c in s["choices"] if c["variant"] == "nobn")
+    assert nobn["delta_source_top1"] == pytest.approx(-0.5)
+    assert nobn["settings"]["logistic"]["n_datasets"] == 2
+    data = json.loads(res.json_path.read_text())
+    assert data["settings"]["logistic"]["aggregate"]["n_models"] == 4
+
+
+# --------------------------------------------------------------------------- CSV and checks
+
+
+def _csv(tmp_path, text: str):
+    p = tmp_path / "r.csv"
+    p.write_text(text)
+    return p
+
+
+def test_csv_wrong_columns_names_expected_header(tmp_path):
+    p = _csv(tmp_path, "model,top1,dataset,setting,acc\na,70,d,logistic,50\n")
+    with pytest.raises(SuiteError) as e:
+        table.read_csv(p)
+    msg = str(e.value)
+    assert "model,source_top1,dataset,setting,accuracy" in msg
+    assert "missing source_top1, accuracy" in msg and "unexpected top1, acc" in msg
+
+
+def test_csv_non_numeric_accuracy(tmp_path):
+    p = _csv(tmp_path, "model,source_top1,dataset,setting,accuracy\na,70,d,logistic,high\n")
+    with pytest.raises(SuiteError, match="accuracy"):
+        table.read_csv(p)
+
+
+def test_csv_missing_file(tmp_path):
+    with pytest.raises(SuiteError, match="does not exist"):
+        table.read_csv(tmp_path / "nope.csv")
+
+
+def test_csv_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"model": ["a", "b", "c"], "source_top1": rng.uniform(0, 100, 3),
+                       "dataset": ["x"] * 3, "setting": ["logistic", "finetune", "my-probe"],
+                       "accuracy": rng.uniform(0, 100, 3)})
+    back = table.read_csv(table.write_csv(df, tmp_path / "r.csv"))
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_clean_reports_bad_rows(tmp_path):
+    p = _csv(tmp_path, "\n".join([
+        "model,source_top1,dataset,setting,accuracy",
+        "a,70,d1,logistic,50", "a,70,d1,logistic,51",  # duplicate cell
+        "b,72,d1,logistic,101",  # out of range
+        "c,-3,d1,logistic,40",  # bad source accuracy
+        "d,74,d1,logistic,",  # missing
+        "e,75,d1,finetune,60",
+    ]) + "\n")
+    df, notes = table.clean(table.read_csv(p), settings=["logistic", "scratch"])
+    assert df["model"].tolist() == ["a"] and df["accuracy"].tolist() == [50.0]
+    text = " ".join(notes)
+    assert "scratch requested but not in the results" in text
+    assert "transfer accuracy missing or outside [0, 100]" in text
+    assert "source accuracy missing or outside [0, 100]" in text
+    assert "1 duplicate row(s)" in text
+
+
+def test_matrix_marks_missing_cells():
+    df = pd.DataFrame({"model": ["a", "a", "b"], "source_top1": [60.0, 60.0, 50.0],
+                       "dataset": ["x", "y", "x"], "setting": "logistic",
+                       "accuracy": [1.0, 2.0, 3.0]})
+    models, datasets, src, acc = table.matrix(df, "logistic")
+    assert models == ["b", "a"] and datasets == ["x", "y"]
+    np.testing.assert_array_equal(src, [50.0, 60.0])
+    np.testing.assert_array_equal(acc, [[3.0, np.nan], [1.0, 2.0]])

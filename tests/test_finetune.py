@@ -1,0 +1,185 @@
+"""suite.finetune: parent + one child per grid point, curves, selection, resume, failures."""
+
+from __future__ import annotations
+
+import zlib
+
+import mlflow
+import pytest
+import torch
+
+import suite.data
+import suite.finetune
+from suite import tracking
+from suite.config import FinetuneConfig, ModelConfig, PretrainConfig, Setting
+from suite.data import DatasetInfo, TensorImageDataset
+from suite.errors import SuiteError
+from suite.finetune import finetune_cell, run_finetune
+from suite.pretrain import run_pretrain
+
+SIZES = {"train": 12, "val": 5, "test": 5}  # images per class
+INFOS = {
+    "tiny-source": DatasetInfo("tiny-source", 4, "top1", has_val=True, image_size=8),
+    "tiny-target": DatasetInfo("tiny-target", 3, "mean_per_class", has_val=True, image_size=8),
+    "tiny-voc": DatasetInfo("tiny-voc", 3, "map11", multilabel=True, has_val=True, image_size=8),
+    "tiny-one": DatasetInfo("tiny-one", 1, "top1", has_val=True, image_size=8),
+}
+
+
+def _tiny_split(name: str, split: str) -> TensorImageDataset:
+    """Class c = a bright 4x4 patch in quadrant c on channel c % 3; multi-label: the image holds
+    the patches of its class and the next one, labels (n, k) of 0/1."""
+    info = INFOS[name]
+    k = info.num_classes
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}/{split}".encode()))
+    n = SIZES[split] * max(k, 2)
+    y = torch.arange(n) % k
+    present = torch.nn.functional.one_hot(y, k).float()
+    if info.multilabel:
+        present = present + torch.nn.functional.one_hot((y + 1) % k, k).float()
+    x = 0.3 * torch.randn(n, 3, 8, 8, generator=g)
+    for c in range(k):
+        r, q = divmod(c, 2)
+        x[:, c % 3, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 2.0 * present[:, c].view(-1, 1, 1)
+    return TensorImageDataset(x, present if info.multilabel else y)
+
+
+@pytest.fixture
+def tiny(store, monkeypatch):
+    """Tiny datasets installed, and a registered 4-class source model 't-tiny' v1."""
+    real_info, real_load = suite.data.get_info, suite.data.load_split
+    monkeypatch.setattr(suite.data, "get_info",
+                        lambda name, root="": INFOS[name] if name in INFOS
+                        else real_info(name, root))
+    monkeypatch.setattr(suite.data, "load_split",
+                        lambda name, split, **kw: _tiny_split(name, split) if name in INFOS
+                        else real_load(name, split, **kw))
+    pre = run_pretrain(PretrainConfig(model=ModelConfig(name="tiny", width=4, epochs=2),
+                                      source="tiny-source", batch_size=16, study="t",
+                                      device="cpu"))
+    return pre
+
+
+def _cfg(**kw) -> FinetuneConfig:
+    base = dict(model_name="t-tiny", dataset="tiny-target", lrs=(0.01, 0.1),
+                weight_decays=(1e-4,), steps=12, batch_size=16, eval_every=5, study="t",
+                device="cpu")
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _runs(**tags):
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return mlflow.search_runs([tracking.experiment_id("t")], filter_string=flt,
+                              output_format="list")
+
+
+@pytest.mark.parametrize("setting", [Setting.finetune, Setting.scratch])
+def test_grid_logs_parent_children_curves_and_resumes(tiny, setting):
+    cfg = _cfg(setting=setting)
+    res = run_finetune(cfg)
+    assert not res.reused
+
+    parent = tracking.client().get_run(res.run_id)
+    t = parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert (t["suite.stage"], t["suite.setting"], t["suite.model"], t["suite.model_version"],
+            t["suite.dataset"]) == ("finetune", setting.value, "t-tiny", "1", "tiny-target")
+    assert t["suite.cell"] == finetune_cell(cfg, "1")
+    assert parent.data.params["setting"] == setting.value
+
+    children = _runs(**{"mlflow.parentRunId": res.run_id})
+    assert len(children) == 2
+    by_lr = {}
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert c.data.tags["suite.stage"] == "finetune-point"
+        assert c.data.tags["suite.setting"] == setting.value
+        assert "suite.cell" not in c.data.tags  # only the parent is found by resume
+        curve_v = tracking.metric_history(c.info.run_id, "curve_val_accuracy")
+        curve_t = tracking.metric_history(c.info.run_id, "curve_test_accuracy")
+        assert [s for s, _ in curve_v] == [0, 5, 10, 12] == [s for s, _ in curve_t]
+        assert curve_v[-1][1] == pytest.approx(c.data.metrics["val_accuracy"])
+        assert curve_t[-1][1] == pytest.approx(c.data.metrics["test_accuracy"])
+        by_lr[float(c.data.params["lr"])] = c
+
+    # Selection: best final val, ties toward the smaller lr; the parent carries its numbers.
+    best = max(sorted(by_lr), key=lambda lr: by_lr[lr].data.metrics["val_accuracy"])
+    chosen = by_lr[best]
+    assert res.selected_lr == best and res.selected_wd == pytest.approx(1e-4)
+    assert t["suite.selected_run"] == chosen.info.run_id
+    m = parent.data.metrics
+    assert m["val_accuracy"] == pytest.approx(chosen.data.metrics["val_accuracy"])
+    assert m["test_accuracy"] == pytest.approx(res.test_accuracy)
+    assert res.test_accuracy == pytest.approx(chosen.data.metrics["test_accuracy"])
+    assert m["selected_lr"] == best
+    for name in ("curve_val_accuracy", "curve_test_accuracy"):
+        assert tracking.metric_history(res.run_id, name) == \
+            tracking.metric_history(chosen.info.run_id, name)
+
+    again = run_finetune(cfg)
+    assert again.reused and again.run_id == res.run_id
+    assert (again.val_accuracy, again.test_accuracy, again.selected_lr) == pytest.approx(
+        (res.val_accuracy, res.test_accuracy, res.selected_lr))
+    assert len(_runs(**{"suite.stage": "finetune"})) == 1
+    assert len(_runs(**{"suite.stage": "finetune-point"})) == 2
+
+
+def test_finetune_starts_from_the_checkpoint_and_scratch_does_not(tiny):
+    """Step 0 of the curve is the untrained head on pretrained features (finetune) vs a random
+    network (scratch); the two settings are separate cells."""
+    ft = run_finetune(_cfg(lrs=(0.01,), steps=3, eval_every=0))
+    sc = run_finetune(_cfg(lrs=(0.01,), steps=3, eval_every=0, setting=Setting.scratch))
+    assert ft.run_id != sc.run_id and not sc.reused
+    assert [s for s, _ in tracking.metric_history(ft.run_id, "curve_val_accuracy")] == [0, 3]
+
+
+def test_deterministic_under_seed(tiny):
+    a = run_finetune(_cfg(lrs=(0.1,), study="a"))
+    b = run_finetune(_cfg(lrs=(0.1,), study="b"))
+    assert tracking.metric_history(a.run_id, "curve_val_accuracy") == \
+        tracking.metric_history(b.run_id, "curve_val_accuracy")
+
+
+def test_multilabel_target_uses_bce_and_map11(tiny):
+    res = run_finetune(_cfg(dataset="tiny-voc", lrs=(0.1,), steps=20))
+    assert not res.reused
+    curve = tracking.metric_history(res.run_id, "curve_val_accuracy")
+    assert 0.0 < curve[0][1] <= 100.0 and curve[-1][1] > curve[0][1]  # mAP rises from step 0
+
+
+def test_single_class_dataset_is_a_user_error(tiny):
+    with pytest.raises(SuiteError, match="1 class"):
+        run_finetune(_cfg(dataset="tiny-one"))
+    assert _runs(**{"suite.stage": "finetune"}) == []
+
+
+def test_unknown_model_is_a_user_error(tiny):
+    with pytest.raises(SuiteError, match="not found"):
+        run_finetune(_cfg(model_name="t-nope"))
+
+
+def test_failing_point_marks_runs_failed_and_rerun_completes(tiny, monkeypatch):
+    real = suite.finetune.train_steps
+    calls = []
+
+    def fail_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(suite.finetune, "train_steps", fail_second)
+    cfg = _cfg()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_finetune(cfg)
+    (parent,) = _runs(**{"suite.stage": "finetune"})
+    assert parent.info.status == "FAILED"
+    kids = _runs(**{"mlflow.parentRunId": parent.info.run_id})
+    assert sorted(c.info.status for c in kids) == ["FAILED", "FINISHED"]
+    assert tracking.find_finished_run("t", finetune_cell(cfg, "1")) is None
+
+    res = run_finetune(cfg)
+    assert not res.reused and res.run_id != parent.info.run_id
+    assert tracking.client().get_run(res.run_id).info.status == "FINISHED"
+    assert run_finetune(cfg).run_id == res.run_id
