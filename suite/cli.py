@@ -280,6 +280,9 @@ def analyze(
     resamples: int = typer.Option(2000, help="Bootstrap resamples."),
     seed: int = typer.Option(0),
     out_dir: str = typer.Option("", help="Report folder (default <workspace>/reports/<study>)."),
+    two_way: bool = typer.Option(False, "--two-way", help="Aggregate CIs resample models AND "
+                                 "datasets (the two-way structure)."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log an analysis run to MLflow."),
 ) -> None:
     """Correlations (log-odds), bootstrap CIs, figures and an HTML report, from MLflow or CSV."""
     from suite.analysis import run_analysis
@@ -289,7 +292,8 @@ def analyze(
     _tracking()
     run_analysis(cfg, from_csv=from_csv, to_csv=to_csv, json_out=json_out,
                  settings=setting or None,
-                 tsne_models=tuple(tsne.split(",")) if tsne else None)
+                 tsne_models=tuple(tsne.split(",")) if tsne else None, log=log,
+                 two_way=two_way)
 
 
 @app.command()
@@ -354,7 +358,8 @@ def _cell(v) -> str:
 
 @zoo_app.command("register")
 def zoo_register(
-    name: str = typer.Argument(..., help="Architecture (suite zoo list)."),
+    name: str = typer.Argument(..., help="Architecture (suite zoo list); ARCH:WEIGHTS picks "
+                               "specific weights, e.g. resnet50:IMAGENET1K_V1."),
     weights_file: Optional[Path] = typer.Option(None, help="Checkpoint file (state_dict) to use "
                                                 "instead of torchvision's cache/download."),
     source_top1: Optional[float] = typer.Option(None, help="ImageNet top-1 (percent) of a "

@@ -180,6 +180,22 @@ def _input_plan(mv, info) -> tuple[Any, int | None]:
     return transform, None
 
 
+_LOADED: tuple[tuple[str, str, str], nn.Module] | None = None
+
+
+def _load_model(mv) -> nn.Module:
+    """The version's network (CPU), kept for the next call: a probe extracts train, val and test
+    of the same version in a row, and unpickling a large checkpoint three times is wasted."""
+    global _LOADED
+    from suite import models
+
+    key = (mv.name, str(mv.version), str(mv.source))
+    if _LOADED is None or _LOADED[0] != key:
+        _LOADED = None  # release the previous one first
+        _LOADED = (key, models.model_from_version(mv))
+    return _LOADED[1]
+
+
 def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -194,7 +210,6 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
     synthetic sets are batched by tensor indexing without workers.
     """
     from suite import data
-    from suite.models import model_from_version
 
     path = cache_path(mv.name, mv.version, dataset, split, seed=seed, val_fraction=val_fraction)
     meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
@@ -211,7 +226,7 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
     workers = 0 if isinstance(ds, data.TensorImageDataset) else (
         _default_workers() if num_workers is None else num_workers)
     loader = data.make_loader(ds, batch_size, shuffle=False, seed=seed, num_workers=workers)
-    extractor = prepare_extractor(model_from_version(mv), device)
+    extractor = prepare_extractor(_load_model(mv), device)  # a copy: the kept one is intact
     x, y = run_extractor(extractor, loader, device, image_size=resize_to, total=len(loader),
                          description=f"features {mv.name} v{mv.version} {dataset}/{split}")
     if not np.isfinite(x).all():

@@ -40,12 +40,13 @@ from suite.config import FinetuneConfig, Setting
 from suite.errors import SuiteError
 from suite.progress import make_progress, resolve_device
 from suite.train import (AUX_WEIGHT, cosine_schedule, cycle_batches, eval_loader, evaluate,
-                         make_optimizer, train_steps)
+                         make_optimizer, to_device, train_steps)
 
 TAG_SELECTED_RUN = "suite.selected_run"
 POINT_STAGE = "finetune-point"
 CURVE_VAL = "curve_val_accuracy"
 CURVE_TEST = "curve_test_accuracy"
+_BATCH_METRICS = 1000  # MLflow's limit on metrics per log_batch call
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
                     points.append(_train_point(cfg, setting, mv, base, data, lr, wd, device,
                                                child.info.run_id, lambda: bar.advance(task)))
         best = select_point(points)
-        _log_selected(best)
+        _log_selected(parent.info.run_id, best, cfg.steps)
     return FinetuneResult(parent.info.run_id, best.val_accuracy, best.test_accuracy, best.lr,
                           best.wd, reused=False)
 
@@ -187,10 +188,8 @@ def _build(setting: Setting, mv, base, num_classes: int, seed: int) -> torch.nn.
 def _train_point(cfg: FinetuneConfig, setting: Setting, mv, base, data: _Data, lr: float,
                  wd: float, device: torch.device, run_id: str, on_step) -> _Point:
     """Train one grid point inside its (active) child run and log it."""
-    import mlflow
-
     info = data.info
-    model = _build(setting, mv, base, info.num_classes, cfg.seed).to(device)
+    model = to_device(_build(setting, mv, base, info.num_classes, cfg.seed), device)
     optimizer = make_optimizer(model, lr, wd)
     scheduler = cosine_schedule(optimizer, cfg.steps)
     batches = cycle_batches(data.train, cfg.batch_size, seed=cfg.seed,
@@ -207,11 +206,8 @@ def _train_point(cfg: FinetuneConfig, setting: Setting, mv, base, data: _Data, l
                        aux_weight=AUX_WEIGHT, multilabel=info.multilabel, on_eval=on_eval,
                        eval_every=cfg.eval_every, on_step=on_step)
     val, test = curve_val[-1][1], curve_test[-1][1]  # the last evaluation is at step == steps
-    mlflow.log_params({"lr": lr, "weight_decay": wd})
-    mlflow.log_metrics({"val_accuracy": val, "test_accuracy": test, "train_loss": loss},
-                       step=cfg.steps)
-    tracking.log_curve(CURVE_VAL, curve_val)
-    tracking.log_curve(CURVE_TEST, curve_test)
+    _log_batch(run_id, {"val_accuracy": val, "test_accuracy": test, "train_loss": loss},
+               cfg.steps, curve_val, curve_test, params={"lr": lr, "weight_decay": wd})
     return _Point(lr, wd, run_id, val, test, curve_val, curve_test)
 
 
@@ -225,14 +221,33 @@ def select_point(points: list[_Point]) -> _Point:
     return min(points, key=key)
 
 
-def _log_selected(best: _Point) -> None:
-    import mlflow
+def _log_selected(parent_id: str, best: _Point, steps: int) -> None:
+    _log_batch(parent_id, {"val_accuracy": best.val_accuracy,
+                           "test_accuracy": best.test_accuracy, "selected_lr": best.lr,
+                           "selected_wd": best.wd}, steps, best.curve_val, best.curve_test,
+               tags={TAG_SELECTED_RUN: best.run_id})
 
-    mlflow.log_metrics({"val_accuracy": best.val_accuracy, "test_accuracy": best.test_accuracy,
-                        "selected_lr": best.lr, "selected_wd": best.wd})
-    mlflow.set_tag(TAG_SELECTED_RUN, best.run_id)
-    tracking.log_curve(CURVE_VAL, best.curve_val)
-    tracking.log_curve(CURVE_TEST, best.curve_test)
+
+def _log_batch(run_id: str, final: dict[str, float], step: int, curve_val, curve_test,
+               params: dict | None = None, tags: dict | None = None) -> None:
+    """Everything a point (or the parent) logs, in one ``log_batch`` call: final metrics at
+    ``step``, both curves (one metric per evaluation), params and tags. A 300-step point with
+    eval_every=50 is 3 + 2 * 7 metrics; one call instead of five saves most of the store's
+    per-call cost (a transaction each on SQLite)."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for k, v in final.items()]
+    for name, curve in ((CURVE_VAL, curve_val), (CURVE_TEST, curve_test)):
+        metrics += [Metric(name, float(v), now, int(s)) for s, v in curve]
+    client = tracking.client()
+    client.log_batch(run_id, metrics=metrics[:_BATCH_METRICS],
+                     params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    for i in range(_BATCH_METRICS, len(metrics), _BATCH_METRICS):  # long curves
+        client.log_batch(run_id, metrics=metrics[i:i + _BATCH_METRICS])
 
 
 __all__ = ["FinetuneResult", "run_finetune", "finetune_cell", "select_point", "TAG_SELECTED_RUN"]

@@ -5,8 +5,9 @@ values at once. Their logits come from ONE product ``X @ [W_1 .. W_m]`` of shape
 viewed here as ``(n, m, k)``: row ``(i, j)`` holds the ``k`` class scores of example ``i`` under
 value ``j``. What remains of a function+gradient evaluation besides the two GEMMs is, per row, a
 softmax, the loss, ``P - Y`` and the column sums of ``P - Y`` (the bias gradient). The kernels do
-that in one pass over the logits block, overwriting it with ``P - Y`` so that the second GEMM
-(``X.T @ G``) reads it directly, with no extra ``(n, m, k)`` temporaries.
+that in one pass over the logits block (on CUDA, plus one more read of it for the bias sums),
+overwriting it with ``P - Y`` so that the second GEMM (``X.T @ G``) reads it directly, with no
+extra ``(n, m, k)`` temporaries.
 
 Every kernel has a plain-PyTorch reference (``reference_*``; not in place) used by the tests and
 as the fallback when the compiled module is missing. Compiled paths:
@@ -35,7 +36,7 @@ except ImportError:  # pragma: no cover - the package build always compiles it
 __all__ = [
     "softmax_xent_grad_", "sigmoid_bce_grad_", "argmax",
     "reference_softmax_xent_grad", "reference_sigmoid_bce_grad", "reference_argmax",
-    "compiled", "has_cuda", "require_cuda",
+    "compiled", "cuda_compiled", "has_cuda", "require_cuda",
 ]
 
 
@@ -142,6 +143,18 @@ def _np(t: torch.Tensor):
     return t.detach().numpy()
 
 
+def _outputs(logits: torch.Tensor, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised loss (m,) float64 and grad_bias (m, k) float32: the kernels overwrite
+    them (the CUDA launcher zeroes them on its stream before accumulating)."""
+    return (torch.empty(m, dtype=torch.float64, device=logits.device),
+            torch.empty((m, k), dtype=torch.float32, device=logits.device))
+
+
+def _zero_outputs(logits: torch.Tensor, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.zeros(m, dtype=torch.float64, device=logits.device),
+            torch.zeros((m, k), dtype=torch.float32, device=logits.device))
+
+
 def _cuda_args(logits: torch.Tensor) -> tuple[int, int]:
     """(device index, raw cudaStream_t of torch's current stream on that device)."""
     require_cuda()
@@ -175,14 +188,13 @@ def softmax_xent_grad_(logits: torch.Tensor, labels: torch.Tensor, *,
     """
     n, m, k = _check_logits(logits)
     _check_labels(labels, n, k, logits, check_range=check_labels)
-    loss = torch.zeros(m, dtype=torch.float64, device=logits.device)
-    grad_bias = torch.zeros((m, k), dtype=torch.float32, device=logits.device)
     if n == 0 or m == 0:
-        return loss, grad_bias
+        return _zero_outputs(logits, m, k)
     if _C is None:
         ref_loss, g, ref_bias = _reference_softmax(logits, labels)
         logits.copy_(g)
         return ref_loss, ref_bias
+    loss, grad_bias = _outputs(logits, m, k)
     if logits.is_cuda:
         device, stream = _cuda_args(logits)
         _C.softmax_xent_grad_cuda(logits.data_ptr(), labels.data_ptr(), loss.data_ptr(),
@@ -210,14 +222,13 @@ def sigmoid_bce_grad_(logits: torch.Tensor,
     """
     n, m, k = _check_logits(logits)
     _check_targets(targets, n, k, logits)
-    loss = torch.zeros(m, dtype=torch.float64, device=logits.device)
-    grad_bias = torch.zeros((m, k), dtype=torch.float32, device=logits.device)
     if n == 0 or m == 0:
-        return loss, grad_bias
+        return _zero_outputs(logits, m, k)
     if _C is None:
         ref_loss, g, ref_bias = _reference_sigmoid(logits, targets)
         logits.copy_(g)
         return ref_loss, ref_bias
+    loss, grad_bias = _outputs(logits, m, k)
     if logits.is_cuda:
         device, stream = _cuda_args(logits)
         _C.sigmoid_bce_grad_cuda(logits.data_ptr(), targets.data_ptr(), loss.data_ptr(),

@@ -27,7 +27,7 @@ from suite.config import PretrainConfig, flatten
 from suite.errors import SuiteError
 from suite.progress import make_progress, resolve_device
 from suite.train import (AUX_WEIGHT, cosine_schedule, cycle_batches, eval_loader, evaluate,
-                         make_optimizer, steps_per_epoch, train_steps)
+                         make_optimizer, steps_per_epoch, to_device, train_steps)
 
 # Config fields that change where/how fast a result is computed, not the result itself.
 _NOT_IN_CELL = ("device", "num_workers", "data_root")
@@ -106,8 +106,9 @@ def _train(cfg: PretrainConfig):
     image_size = int(train[0][0].shape[-1])
 
     torch.manual_seed(cfg.seed)  # weight init and dropout masks follow the seed
-    model = build_model(m.arch, info.num_classes, width=m.width, depth=m.depth,
-                        bn_scale=m.bn_scale, dropout=m.dropout, aux_head=m.aux_head).to(device)
+    model = to_device(build_model(m.arch, info.num_classes, width=m.width, depth=m.depth,
+                                  bn_scale=m.bn_scale, dropout=m.dropout, aux_head=m.aux_head),
+                      device)
     per_epoch = steps_per_epoch(train, cfg.batch_size)
     total = per_epoch * m.epochs
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -126,7 +127,8 @@ def _train(cfg: PretrainConfig):
             # One batched call per epoch; the history of source_top1 is the test curve.
             mlflow.log_metrics({"train_loss": loss, "val_accuracy": val, "source_top1": top1},
                                step=epoch)
-    return model.cpu().eval(), info, image_size, top1
+    # Registered weights are plain NCHW CPU tensors, whatever device trained them.
+    return model.to("cpu", memory_format=torch.contiguous_format).eval(), info, image_size, top1
 
 
 def _register(model, name: str, cfg: PretrainConfig, cell: str, info, image_size: int,

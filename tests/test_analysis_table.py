@@ -24,6 +24,8 @@ MODELS = {
     "nobn": (69.5, {"bn_scale": False}),  # one choice differs from base -> a pair
     "ls": (70.5, {"label_smoothing": 0.1}),  # one choice differs from base -> a pair
     "wide": (75.0, {"width": 32}),  # width is not a training choice -> no pair
+    # same tags as nobn but pretrained for fewer epochs (pretrain run params) -> no pair
+    "short": (60.0, {"bn_scale": False}),
 }
 
 
@@ -65,12 +67,18 @@ def _fresh_store(root, config, tmp_path_factory):
 def _log_study() -> None:
     import mlflow
 
-    with tracking.start_run(STUDY, "pretrain", tracking.run_tags(STUDY, "pretrain")) as run:
-        for name in MODELS:
-            mlflow.log_text("weights", f"{name}/model/weights.txt")
+    runs = {}
+    for epochs in (4, 1):
+        with tracking.start_run(STUDY, "pretrain", tracking.run_tags(STUDY, "pretrain")) as run:
+            mlflow.log_params({"model.epochs": epochs, "lr": 0.1, "model.name": f"e{epochs}",
+                               "model.bn_scale": True})
+            for name in MODELS:
+                mlflow.log_text("weights", f"{name}/model/weights.txt")
+        runs[epochs] = run
     for name, (src, changes) in MODELS.items():
+        run = runs[1 if name == "short" else 4]
         tags = {**BASE, **changes, "source_top1": src, tracking.TAG_STUDY: STUDY,
-                "source_dataset": "synth-source"}
+                "source_dataset": "synth-source", "run_id": run.info.run_id}
         tracking.register_version(run.info.run_id, "", tracking.registered_name(STUDY, name),
                                   tags, model_uri=f"{run.info.artifact_uri}/{name}/model")
     for name in MODELS:
@@ -80,16 +88,17 @@ def _log_study() -> None:
                                      setting="logistic")
             with tracking.start_run(STUDY, f"probe-{name}-{d}", tags):
                 mlflow.log_metric("test_accuracy", _acc(name, d, "logistic"))
-        for setting in ("finetune", "scratch"):
+        for setting in ("finetune", "scratch") if name != "short" else ():
             tags = tracking.run_tags(STUDY, "finetune", model=reg, model_version="1",
                                      dataset="d1", setting=setting)
             with tracking.start_run(STUDY, f"{setting}-{name}", tags):
                 mlflow.log_metric("test_accuracy", _acc(name, "d1", setting))
                 tracking.log_curve("curve_test_accuracy", _curve(setting))
-                child = tracking.run_tags(STUDY, "finetune-point", model=reg, dataset="d1",
-                                          setting=setting)
-                with tracking.start_run(STUDY, "point", child, nested=True):
-                    mlflow.log_metric("test_accuracy", 1.0)  # a grid point: not a result
+                if name == "base":  # a grid point (nested child run) is not a result
+                    child = tracking.run_tags(STUDY, "finetune-point", model=reg, dataset="d1",
+                                              setting=setting)
+                    with tracking.start_run(STUDY, "point", child, nested=True):
+                        mlflow.log_metric("test_accuracy", 1.0)
     # A failed run must be ignored.
     tags = tracking.run_tags(STUDY, "probe", model=tracking.registered_name(STUDY, "base"),
                              model_version="1", dataset="d1", setting="logistic")
@@ -116,7 +125,9 @@ def study_store(tmp_path_factory, pytestconfig):
 def test_table_from_mlflow(study_store):
     df, notes = table.load_study_table(STUDY)
     assert notes == []
-    assert len(df) == len(MODELS) * (len(DATASETS) + 2)
+    assert len(df) == len(MODELS) * (len(DATASETS) + 2) - 2  # "short" has no fine-tune runs
+    recipes = df.groupby("model")["recipe"].first()
+    assert recipes["short"] != recipes["base"] == recipes["nobn"] == recipes["wide"]
     assert set(df["model"]) == set(MODELS)  # study prefix stripped
     for _, row in df.iterrows():
         assert row["accuracy"] == _acc(row["model"], row["dataset"], row["setting"])
@@ -159,7 +170,7 @@ def test_run_analysis_on_a_study(study_store, tmp_path):
     assert nobn["delta_source_top1"] == pytest.approx(-0.5)
     assert nobn["settings"]["logistic"]["n_datasets"] == 2
     data = json.loads(res.json_path.read_text())
-    assert data["settings"]["logistic"]["aggregate"]["n_models"] == 4
+    assert data["settings"]["logistic"]["aggregate"]["n_models"] == 5
 
 
 # --------------------------------------------------------------------------- CSV and checks

@@ -146,3 +146,17 @@ def test_bench_features_runs():
     for k in ("forward_images_per_s", "extract_images_per_s", "jpeg_pil_images_per_s",
               "jpeg_torchvision_cpu_images_per_s"):
         assert res[k] > 0
+
+
+@pytest.mark.gpu
+def test_cuda_extraction_matches_cpu(version, tiny_data):
+    """bf16 autocast + channels_last on the GPU agree with fp32 on the CPU to bf16 precision."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model, mv = version
+    x_gpu, y_gpu = features.extract(mv, "tiny", "train", device="cuda")
+    ref_x, ref_y = _reference(model, "train")
+    np.testing.assert_allclose(x_gpu, ref_x, rtol=0.05, atol=0.05)
+    np.testing.assert_array_equal(y_gpu, ref_y)
+    res = features.bench_jpeg(4, torch.device("cuda"))
+    assert res["jpeg_torchvision_cuda_images_per_s"] > 0

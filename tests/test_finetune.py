@@ -26,6 +26,16 @@ INFOS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every OpenMP
+    barrier can wait a whole scheduler slice: run these tests single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _tiny_split(name: str, split: str) -> TensorImageDataset:
     """Class c = a bright 4x4 patch in quadrant c on channel c % 3; multi-label: the image holds
     the patches of its class and the next one, labels (n, k) of 0/1."""

@@ -16,6 +16,16 @@ from suite.train import (AUX_WEIGHT, compute_loss, cosine_factor, cosine_schedul
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every OpenMP
+    barrier can wait a whole scheduler slice: run these tests single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _blobs(n=128, k=3, d=8, seed=0):
     """k well-separated Gaussian blobs in d dimensions: (x (n, d), y (n,))."""
     g = torch.Generator().manual_seed(seed)

@@ -21,7 +21,6 @@ Statistics per setting (logistic / finetune / scratch):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -31,6 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from suite import tracking
 from suite.analysis import stats, table
@@ -39,6 +39,7 @@ from suite.errors import SuiteError
 from suite.progress import console, status
 
 MIN_MODELS = 3  # below this a correlation (and its bootstrap) means nothing
+FEW_MODELS = 5  # below this the bootstrap intervals are coarse: say so
 
 
 @dataclass
@@ -60,7 +61,7 @@ class _Notes(list):
     """Warnings: shown on the console as they arise and collected for the JSON / report."""
 
     def add(self, message: str) -> None:
-        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
         self.append(message)
 
     def extend_all(self, messages: Iterable[str]) -> None:
@@ -80,6 +81,9 @@ def analyse_setting(df: pd.DataFrame, setting: str, cfg: AnalysisConfig, notes: 
         notes.add(f"Setting {setting}: only {len(models)} model(s) ({', '.join(models)}); a "
                   f"correlation needs at least {MIN_MODELS}. Setting left out.")
         return None
+    if len(models) < FEW_MODELS:
+        notes.add(f"Setting {setting}: only {len(models)} models; bootstrap intervals over so "
+                  "few models are coarse (many resamples repeat one or two models).")
     x = stats.logit(src)  # (m,)
     Y = stats.logit(acc)  # (m, D), NaN = missing
     kw = dict(n_resamples=cfg.n_resamples, confidence=cfg.confidence, seed=cfg.seed)
@@ -92,7 +96,7 @@ def analyse_setting(df: pd.DataFrame, setting: str, cfg: AnalysisConfig, notes: 
         missing = [models[i] for i in np.nonzero(~mask)[0]]
         if mask.sum() < MIN_MODELS:
             notes.add(f"Setting {setting}, dataset {name}: only {int(mask.sum())} model(s) have "
-                      f"results; left out of the per-dataset correlations (needs "
+                      f"results; left out of this setting's correlations (needs "
                       f"{MIN_MODELS}).")
             continue
         if missing:
@@ -104,8 +108,17 @@ def analyse_setting(df: pd.DataFrame, setting: str, cfg: AnalysisConfig, notes: 
         res = stats.correlate_columns(x[mask], Y[mask][:, cols], **kw)
         for d, r in zip(cols, res):
             per_dataset[datasets[d]] = r
+            if r["pearson"] is None:
+                notes.add(f"Setting {setting}, dataset {datasets[d]}: the correlation is "
+                          "undefined (every model has the same transfer or source accuracy).")
+    # Aggregates use only the datasets kept above (a dataset measured on one or two models
+    # would otherwise drop every other model from the complete-case mean).
+    kept = sorted(d for cols in groups.values() for d in cols)
+    datasets = [datasets[d] for d in kept]
+    Y, present = Y[:, kept], present[:, kept]
+    per_dataset = {d: per_dataset[d] for d in datasets}
 
-    complete = present.all(axis=1)
+    complete = present.all(axis=1) if datasets else np.zeros(len(models), bool)
     out: dict[str, Any] = {"models": models, "datasets": datasets,
                            "source_top1": [float(v) for v in src],
                            "source_logit": [float(v) for v in x],
@@ -125,8 +138,9 @@ def analyse_setting(df: pd.DataFrame, setting: str, cfg: AnalysisConfig, notes: 
         out["aggregate"] = agg
         out["worse_than_best"] = stats.worse_than_best(agg["models"], Yc)
     else:
-        notes.add(f"Setting {setting}: fewer than {MIN_MODELS} models have every dataset; no "
-                  "mean-log-odds aggregate.")
+        why = (f"fewer than {MIN_MODELS} models have every kept dataset" if datasets else
+               f"no dataset has results for {MIN_MODELS} models")
+        notes.add(f"Setting {setting}: {why}; no mean-log-odds aggregate.")
         out["aggregate"] = None
     has_any = present.any(axis=1)
     if has_any.sum() >= MIN_MODELS:
@@ -141,10 +155,11 @@ def analyse_setting(df: pd.DataFrame, setting: str, cfg: AnalysisConfig, notes: 
 
 def choice_pairs(design: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(baseline model, variant model, choice) for model pairs whose design (architecture,
-    width, depth, the four training choices) differs in exactly one training choice. The
+    width, depth, the four training choices, and the rest of the pretraining recipe) differs
+    in exactly one training choice. The
     baseline has the choice off (bn_scale on, no smoothing / dropout / aux head) or, if neither
     does, the smaller value."""
-    cols = [c for c in table.DESIGN if c in design.columns]
+    cols = [c for c in table.DESIGN + ("recipe",) if c in design.columns]
     if not any(c in design.columns for c in table.CHOICES):
         return []
     norm = design[cols].astype(object).where(design[cols].notna(), None)

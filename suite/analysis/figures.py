@@ -102,12 +102,14 @@ def draw_choices(res: dict[str, Any]):
     choices = res.get("choices") or []
     if not choices:
         return None
-    settings = sorted({s for c in choices for s in c["settings"]})
+    present = {s for c in choices for s in c["settings"]}
+    settings = [s for s in res["settings"] if s in present] + sorted(
+        present - set(res["settings"]))
     labels = [f"{c['choice']}: {c['variant']}\nvs {c['baseline']}" for c in choices]
     n = len(choices)
     width = 0.8 / (len(settings) + 1)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * n + 2), 3.8))
-    fig.subplots_adjust(bottom=0.25, left=0.12, right=0.97, top=0.95)
+    fig.subplots_adjust(bottom=0.25, left=0.8 / fig.get_figwidth(), right=0.97, top=0.95)
     pos = np.arange(n)
     ax.bar(pos, [c["delta_source_logit"] for c in choices], width, label="source",
            color="0.6")

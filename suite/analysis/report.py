@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from suite.analysis import stats
@@ -55,7 +56,7 @@ def summary_rows(res: dict[str, Any], setting: str) -> list[list[str]]:
     return rows
 
 
-HEADER = ["", "Pearson r", f"95% CI", "Spearman ρ", "95% CI", "p (perm.)", "models"]
+HEADER = ["", "Pearson r", "95% CI", "Spearman ρ", "95% CI", "p (perm.)", "models"]
 
 
 def print_summary(res: dict[str, Any], console: Console | None = None) -> None:
@@ -71,23 +72,25 @@ def print_summary(res: dict[str, Any], console: Console | None = None) -> None:
         for i, h in enumerate(HEADER):
             t.add_column(h.replace("95%", f"{level}%"), justify="left" if i == 0 else "right")
         for row in summary_rows(res, s):
-            t.add_row(*row)
+            t.add_row(*(escape(c) for c in row))
         console.print(t)
         wtb = res["settings"][s].get("worse_than_best")
         if wtb and wtb["comparisons"]:
             worse = [c["model"] for c in wtb["comparisons"] if c["worse"]]
-            console.print(f"  best: {wtb['best']}; significantly worse (paired t, Holm 5%): "
-                          f"{', '.join(worse) or 'none'}", highlight=False)
+            console.print(escape(f"  best: {wtb['best']}; significantly worse (paired t, "
+                                 f"Holm 5%): {', '.join(worse) or 'none'}"), highlight=False)
     for c in res.get("choices") or []:
         parts = [f"{s} Δlogit {_num(v['delta_logit'])} {_ci(v['delta_logit_ci'])}"
                  for s, v in c["settings"].items()]
-        console.print(f"choice {c['choice']}: {c['variant']} vs {c['baseline']}: Δsource "
-                      f"{c['delta_source_top1']:+.2f} pts; " + "; ".join(parts), highlight=False)
+        console.print(escape(f"choice {c['choice']}: {c['variant']} vs {c['baseline']}: "
+                             f"Δsource {c['delta_source_top1']:+.2f} pts; " + "; ".join(parts)),
+                      highlight=False)
     fvs = res.get("finetune_vs_scratch")
     if fvs:
         for d, v in fvs["per_dataset"].items():
-            console.print(f"fine-tune − scratch on {d}: {v['mean_diff']:+.2f} pts, median "
-                          f"speed-up {_num(v['median_speedup'], 2)}×", highlight=False)
+            console.print(escape(f"fine-tune − scratch on {d}: {v['mean_diff']:+.2f} pts, "
+                                 f"median speed-up {_num(v['median_speedup'], 2)}×"),
+                          highlight=False)
     if res.get("warnings"):
         console.print(f"[yellow]{len(res['warnings'])} warning(s)[/yellow] (in the JSON and "
                       "the report).")
@@ -134,9 +137,11 @@ tests of the pairing of source and transfer accuracy. The aggregate correlates e
 log-odds over datasets (the paper's summary; models missing a dataset are left out); the
 dataset-adjusted aggregate first removes each dataset's mean over the models that have it, then
 averages over datasets (it keeps every model). Optionally datasets are resampled too (two-way).
+A dataset with results for fewer than three models of a setting is left out of that setting.
 "Significantly worse than the best": paired t-tests of log-odds differences across datasets
 against the model with the highest mean, Holm-corrected. Training choices: pairs of models that
-differ in exactly one of bn_scale, label_smoothing, dropout, aux_head; change in log-odds
+differ in exactly one of bn_scale, label_smoothing, dropout, aux_head (same architecture and the
+same rest of the pretraining recipe); change in log-odds
 (variant − baseline) averaged over datasets, BCa CI resampling datasets. Fine-tune vs scratch:
 speed-up = steps scratch training needs to reach its final test accuracy ÷ steps fine-tuning
 needs to reach it (linear interpolation between evaluations).</p>
@@ -167,7 +172,8 @@ def write_html(res: dict[str, Any], df: pd.DataFrame, figures: dict[str, Path],
              "</h1>",
              f"<p>{res['n_models']} models, {res['n_datasets']} datasets, settings: "
              f"{html.escape(', '.join(res['settings']) or 'none')}; {res['n_resamples']} "
-             f"bootstrap resamples, seed {res['seed']}.</p>"]
+             f"bootstrap resamples ({'models and datasets' if res.get('two_way') else 'models'}"
+             f"), seed {res['seed']}.</p>"]
     if res.get("warnings"):
         items = "".join(f"<li>{html.escape(w)}</li>" for w in res["warnings"])
         parts.append(f"<div class='warn'><b>Left out / warnings</b><ul>{items}</ul></div>")

@@ -13,6 +13,9 @@ registered_name     registry name (study tables only)
 version             registry version (study tables only)
 architecture, width, depth, bn_scale, label_smoothing, dropout, aux_head
                     training choices from the version tags (study tables only)
+recipe              hash of the rest of the pretraining config (epochs, lr, ...) from the
+                    pretrain run's params, so that the training-choice study only pairs
+                    models trained alike (study tables only; empty when unknown)
 run_id              the probe / fine-tune run the accuracy came from (study tables only)
 ==================  ==========================================================================
 
@@ -35,7 +38,11 @@ from suite.errors import SuiteError
 REQUIRED = ("model", "source_top1", "dataset", "setting", "accuracy")
 CHOICES = tracking.VTAG_CHOICES  # bn_scale, label_smoothing, dropout, aux_head
 DESIGN = ("architecture", "width", "depth") + CHOICES  # what makes two checkpoints differ
-OPTIONAL = ("registered_name", "version") + DESIGN + ("run_id",)
+# Pretrain params that do not make two recipes differ (names, places, resources) or that are
+# the training choices themselves; the rest (epochs, lr, source, seed, ...) is the "recipe".
+RECIPE_IGNORE = {"model.name", "registered_name", "study", "device", "num_workers",
+                 "data_root"} | {f"model.{c}" for c in CHOICES}
+OPTIONAL = ("registered_name", "version") + DESIGN + ("recipe", "run_id")
 KNOWN_SETTINGS = ("logistic", "finetune", "scratch")
 # Values of a training choice that mean "the choice is off" (the baseline of a pair).
 CHOICE_DEFAULTS = {"bn_scale": True, "label_smoothing": 0.0, "dropout": 0.0, "aux_head": False}
@@ -65,11 +72,24 @@ def _parse_tag(value: str | None):
     return int(f) if f.is_integer() and "." not in value and "e" not in low else f
 
 
+def _recipe(run_id: str | None) -> str | None:
+    """Hash of the pretrain run's params other than :data:`RECIPE_IGNORE`, or None."""
+    if not run_id:
+        return None
+    try:
+        params = tracking.client().get_run(run_id).data.params
+    except Exception:  # noqa: BLE001 -- a deleted or foreign run: recipe unknown
+        return None
+    kept = {k: v for k, v in params.items() if k not in RECIPE_IGNORE}
+    return tracking.cell_key(**kept) if kept else None
+
+
 def _version_row(mv) -> dict:
     tags = dict(mv.tags or {})
     row = {"registered_name": mv.name, "version": str(mv.version)}
     for key in DESIGN:
         row[key] = _parse_tag(tags.get(key))
+    row["recipe"] = _recipe(tags.get("run_id") or getattr(mv, "run_id", None))
     src = _parse_tag(tags.get(tracking.VTAG_SOURCE_TOP1))
     row["source_top1"] = float(src) if isinstance(src, (int, float)) and not isinstance(
         src, bool) else np.nan
@@ -133,7 +153,7 @@ def _lookup_version(name: str, version: str, notes: list[str]) -> dict:
         notes.append(f"Registered model {name!r} version {version!r} (used by runs of this "
                      "study) is not in the registry; its source accuracy is unknown.")
         return {"registered_name": name, "version": version, "source_top1": np.nan,
-                **{k: None for k in DESIGN}}
+                "recipe": None, **{k: None for k in DESIGN}}
 
 
 def _short_names(df: pd.DataFrame, study: str) -> list[str]:
@@ -171,7 +191,7 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, float_precision="round_trip", dtype={
             "model": str, "dataset": str, "setting": str, "version": str, "run_id": str,
-            "registered_name": str, "architecture": str})
+            "registered_name": str, "architecture": str, "recipe": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise SuiteError(f"Results file {path} is not a readable CSV ({e}).",
                          f"Write it with the header {header}, one row per model, dataset and "
@@ -277,5 +297,6 @@ def matrix(df: pd.DataFrame, setting: str) -> tuple[list[str], list[str], np.nda
 def design(df: pd.DataFrame) -> pd.DataFrame:
     """One row per model: source_top1 and whatever design columns (architecture, choices) the
     table has, indexed by model."""
-    cols = ["source_top1"] + [c for c in ("registered_name", "version") + DESIGN if c in df.columns]
+    cols = ["source_top1"] + [c for c in ("registered_name", "version") + DESIGN + ("recipe",)
+                              if c in df.columns]
     return df.groupby("model")[cols].first()

@@ -218,6 +218,7 @@ NEW_TEXTURES: dict[str, Callable[..., torch.Tensor]] = {
 # Frequency bands (cycles per image unit). Source textures draw from both bands.
 COARSE_BAND = (1.6, 2.6)
 FINE_BAND = (3.6, 5.0)
+SOURCE_BAND = (2.2, 3.6)  # the source task's textures
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
@@ -237,11 +238,16 @@ BACKGROUND_PALETTE = torch.tensor([_hsv(i / 6, 0.15, v) for i in range(6) for v 
 class Nuisance:
     """Ranges of the nuisance variables (uniform draws)."""
 
-    scale: tuple[float, float] = (0.42, 0.65)  # shape radius in image units (1 = half the image)
-    shift: float = 0.2  # max |centre offset| in image units
-    contrast: tuple[float, float] = (0.7, 1.0)  # image = 0.5 + c (image - 0.5)
-    noise: tuple[float, float] = (0.01, 0.05)  # std of i.i.d. Gaussian pixel noise
-    background: tuple[float, float] = (0.2, 0.6)  # opacity of the textured background
+    scale: tuple[float, float] = (0.5, 0.75)  # shape radius in image units (1 = half the image)
+    shift: float = 0.15  # max |centre offset| in image units
+    rotation: float = math.pi / 12  # max |rotation| of the shape, radians
+    contrast: tuple[float, float] = (0.8, 1.0)  # image = 0.5 + c (image - 0.5)
+    noise: tuple[float, float] = (0.0, 0.03)  # std of i.i.d. Gaussian pixel noise
+    background: tuple[float, float] = (0.1, 0.4)  # opacity of the textured background
+    dark: tuple[float, float] = (0.15, 0.35)  # the texture mixes a colour c and dark * c
+    # 0: fill hue uniform over the palette; s > 0: texture family j draws its hue from the s
+    # palette entries starting at j * len(palette) / n_textures (colour hints at the texture).
+    hue_span: int = 0
     shift_colour: bool = False  # domain shift: invert fill colours, warm cast, gamma
 
 
@@ -284,7 +290,7 @@ def render(g: torch.Generator, shapes: list[Shape], shape_idx: torch.Tensor,
     cx = _uniform(g, n, -nuisance.shift, nuisance.shift)
     cy = _uniform(g, n, -nuisance.shift, nuisance.shift)
     scale = _uniform(g, n, *nuisance.scale)
-    rot = _uniform(g, n, 0, 2 * math.pi)
+    rot = _uniform(g, n, -nuisance.rotation, nuisance.rotation)
     dx, dy = xx - cx, yy - cy  # (n, H, W)
     u = (dx * torch.cos(rot) + dy * torch.sin(rot)) / scale  # shape frame, radius 1
     v = (-dx * torch.sin(rot) + dy * torch.cos(rot)) / scale
@@ -323,7 +329,14 @@ def render(g: torch.Generator, shapes: list[Shape], shape_idx: torch.Tensor,
         sel = texture_idx == k
         if sel.any():
             t[sel] = fn(tx[sel], ty[sel], tr[sel], freq[sel], phase[sel], noise[sel])
-    c1, c2 = _pick_pair(g, n, palette)
+    if nuisance.hue_span > 0:
+        k = palette.shape[0]
+        start = (texture_idx * k) // len(textures)
+        c1 = palette[(start + torch.randint(0, nuisance.hue_span, (n,), generator=g)) % k]
+        c1 = c1[:, :, None, None]
+    else:
+        c1, _ = _pick_pair(g, n, palette)
+    c2 = c1 * _uniform(g, n, *nuisance.dark)[:, None]  # same hue, dark: a luminance pattern
     if nuisance.shift_colour:
         c1, c2 = 1 - c1, 1 - c2  # complementary hues: colours never seen in the source
     fill = c1 * (1 - t[:, None]) + c2 * t[:, None]  # (n, 3, H, W)
@@ -361,10 +374,8 @@ def _source_like(g: torch.Generator, labels: torch.Tensor, nuisance: Nuisance) -
     n = labels.shape[0]
     n_tex = len(SOURCE_TEXTURES)
     shape_idx, texture_idx = labels // n_tex, labels % n_tex
-    # Source textures use both frequency bands: frequency is a nuisance of the source task.
-    coarse = torch.rand(n, generator=g) < 0.5
-    lo = torch.where(coarse, COARSE_BAND[0], FINE_BAND[0])
-    hi = torch.where(coarse, COARSE_BAND[1], FINE_BAND[1])
+    lo = torch.full((n,), SOURCE_BAND[0])
+    hi = torch.full((n,), SOURCE_BAND[1])
     return render(g, SOURCE_SHAPE_LIST, shape_idx, SOURCE_TEXTURE_LIST, texture_idx, lo, hi,
                   SOURCE_PALETTE, nuisance)
 

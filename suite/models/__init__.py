@@ -457,7 +457,8 @@ def log_and_register_model(model: nn.Module, name: str, tags: dict[str, Any],
 
     Must be called inside a run (``suite.tracking.start_run``). The model is logged on CPU in
     eval mode; the caller's model (device, train/eval mode) is left as it was.
-    ``input_example``: a (1, 3, H, W) float array/tensor, used for the signature in the UI.
+    ``input_example``: an (n, 3, H, W) float array/tensor (or None), from which MLflow infers
+    the signature shown in the UI; with pickle serialization it is not needed for loading.
     """
     import mlflow
     import numpy as np

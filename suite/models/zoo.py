@@ -11,7 +11,6 @@ it to MLflow (stage ``zoo``) and registers it with the tags analysis and fine-tu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,8 +296,8 @@ def register_zoo(name: str, *, weights_file: str | Path | None = None,
         tracking.VTAG_ARCH: arch,
         tracking.VTAG_SOURCE: SOURCE_DATASET,
         tracking.VTAG_SOURCE_TOP1: float(top1),
-        "source_top1_origin": ("user" if source_top1 is not None
-                               else "weights meta" if not arch.startswith(TIMM_PREFIX) else "user"),
+        # "weights meta": torchvision's published top-1 of these weights; "user": given.
+        "source_top1_origin": "user" if source_top1 is not None else "weights meta",
         "weights": wid,
         "weights_file": str(weights_file.resolve()) if weights_file else "",
         "preprocessing": preprocessing_summary(transform),
@@ -332,7 +331,6 @@ def _num_outputs(model: nn.Module) -> int:
 
 
 def _load_timm(name: str, weights_file: Path | None, source_top1: float | None):
-    from suite.models import preprocessing_summary  # noqa: F401  (kept for symmetry)
     from suite.models import timm_models
 
     timm = timm_models.require_timm()

@@ -15,16 +15,15 @@ Solvers (``ProbeBackend``):
 
   1. one eigendecomposition of the centred training Gram matrix; in its eigenbasis Böhning's
      bound on the Hessian is diagonal, giving an ``l2``-cheap preconditioner for L-BFGS;
-  2. the path runs from strong to weak regularisation, warm-started, and the L-BFGS memory is
-     carried along (its curvature pairs stay exact when ``l2`` changes);
+  2. the path runs from strong to weak regularisation, warm-started, and the L-BFGS memory and
+     the last gradient are carried along (curvature pairs stay exact when ``l2`` changes, so a
+     neighbouring value often needs only a few evaluations);
   3. during the search a value stops as soon as its validation predictions have settled (they
-     decide the selection; the refit converges fully);
-  4. the grid is searched coarse-to-fine: every ``COARSE_STEP``-th value from strong to weak,
-     stopping once ``PATIENCE`` successive coarse values score below the best (validation
-     accuracy against log l2 is near-unimodal: rising while regularisation is too strong,
-     falling while the probe overfits), then every value between the best coarse value's
-     neighbours. ``search="exhaustive"`` fits every value instead; the tests check that both
-     select the same value on their fixtures.
+     decide the selection); the refit of the selected value converges fully;
+  4. the path stops early once validation accuracy has clearly turned down (``PATIENCE``
+     values in a row below the best, or ``DROP_RUN`` values more than ``DROP`` points below):
+     validation accuracy against log l2 is near-unimodal, so the weaker rest cannot win.
+     ``search="exhaustive"`` fits every value; the tests check both select the same value.
 
   They differ only in where they run: ``reference`` is plain PyTorch (reference kernels),
   ``cpu`` uses the fused kernels of :mod:`suite.kernels` with MKL GEMMs, ``cuda`` the CUDA kernels
@@ -32,8 +31,9 @@ Solvers (``ProbeBackend``):
 * ``sklearn`` - the baseline of the paper's public re-implementations (lbfgs, warm-started).
 * ``cuml`` - RAPIDS cuML's GPU logistic regression (optional extra).
 
-``sweep`` lists ``(l2, validation accuracy)`` for the values that were fitted (every value for
-the baselines and exhaustive search; the coarse-to-fine search skips values that cannot win).
+``sweep`` lists ``(l2, validation accuracy)`` for the values that were fitted, in grid order
+(every value for the baselines and the exhaustive search; the default search skips the weak
+values past the validation peak).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class ProbeFit:
     weight: np.ndarray  # (d, k) of the refit
     bias: np.ndarray  # (k,)
     evaluations: int = 0  # function+gradient evaluations over the full training data
+    timings: dict | None = None  # seconds per phase (basis, rotate, sweep, refit, score)
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -202,7 +203,7 @@ def fit_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *,
                  device=None, search: str = "adaptive") -> ProbeFit:
     """Run the whole protocol (select l2 on val, refit on train+val, score test).
 
-    ``search``: ``"adaptive"`` (coarse-to-fine, default) or ``"exhaustive"`` (every value) for
+    ``search``: ``"adaptive"`` (early-stopped path, default) or ``"exhaustive"`` (every value) for
     the cpu/cuda/reference backends; the baselines always fit every value.
     """
     t0 = time.perf_counter()
@@ -223,15 +224,25 @@ def fit_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *,
         fit = cuml_protocol(*data, l2_grid=grid, metric=metric, k=k)
     else:
         kernels = E.REFERENCE if name == "reference" else E.FUSED
+        batch = _cuda_batch(np.shape(x_train), k, dev) if name == "cuda" else 1
         fit = engine_protocol(*data, l2_grid=grid, metric=metric, k=k, device=dev,
-                              kernels=kernels, search=search,
-                              batch=CUDA_MAX_BATCH if name == "cuda" else 1)
+                              kernels=kernels, search=search, batch=batch)
     return _finish(fit, name, time.perf_counter() - t0)
+
+
+def _cuda_batch(shape, k: int, device: torch.device) -> int:
+    """Grid values per GEMM on a GPU: up to CUDA_MAX_BATCH, as many as fit in half the free
+    memory. Per value: the (n, k) logits block plus ~(2 * memory + 8) parameter-sized (d+1, k)
+    tensors (L-BFGS pairs, iterate, gradients, direction)."""
+    n, d = shape
+    per_value = 4 * (n * k + (2 * E.SolveOptions().memory + 8) * (d + 1) * k)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(CUDA_MAX_BATCH, (free // 2) // max(per_value, 1))))
 
 
 def _finish(fit: ProbeFit, backend: str, seconds: float) -> ProbeFit:
     return ProbeFit(fit.selected_l2, fit.val_accuracy, fit.test_accuracy, fit.sweep, seconds,
-                    backend, fit.weight, fit.bias, fit.evaluations)
+                    backend, fit.weight, fit.bias, fit.evaluations, fit.timings)
 
 
 def select(sweep: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -254,10 +265,13 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
                     ) -> ProbeFit:
     """The cpu/cuda/reference protocol (see the module docstring)."""
     multilabel = metric == "map11"
+    clock = _Clock(device)
     xtr, xva = _feats(x_train, device), _feats(x_val, device)
     ytr = _labels(y_train, multilabel, device)
     basis = E.make_basis(xtr)
+    clock("basis")
     ztr, zva = E.rotate(xtr, basis), E.rotate(xva, basis)
+    clock("rotate")
     del xtr, xva
     train = E.make_problem(ztr, ytr, k, multilabel, kernels, s=basis.s)
     yva = np.asarray(y_val)
@@ -301,9 +315,10 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
         if search == "exhaustive":
             run(list(range(len(path))), None)
         else:
-            _path_search(path, run, results)
+            _path_search(path, run, results, batch)
         progress.update(task, completed=len(path))
 
+    clock("sweep")
     pos = max(results, key=lambda p: (results[p], path[p]))  # ties -> stronger (earlier)
     sel_l2, sel_acc = path[pos], results[pos]
 
@@ -313,11 +328,14 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     ytv = torch.cat([ytr, _labels(y_val, multilabel, device)])
     del ztr
     tv = E.make_problem(ztv, ytv, k, multilabel, kernels)
-    theta = states[pos].theta.clone()
+    start = states[pos]
+    theta = start.theta.clone()
     theta[-1] += (tv.shift @ theta[:-1].reshape(tv.d, -1)).view(1, k)
     l2 = torch.tensor([sel_l2], dtype=ztv.dtype, device=device)
-    st = E.solve(tv, l2, E.State(theta), REFIT_OPTS)
+    pairs = _carry_pairs(start.pairs, tv.shift, tv.n / train.n) if REFIT_CARRY else []
+    st = E.solve(tv, l2, E.State(theta, pairs), REFIT_OPTS)
     evals += st.evals
+    clock("refit")
     u, c = st.theta[:-1, 0], st.theta[-1, 0]  # (d, k), (k,)
     w = basis.v @ u  # (d, k) back in the feature basis
     # logits = (x - mu) V U - shift U + c  =  x W + (c - mu W - shift U)
@@ -327,12 +345,49 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     test_acc = metrics.score(metric, test_scores, np.asarray(y_test))
     sweep = sorted(((path[p], a) for p, a in results.items()),
                    key=lambda t: l2_grid.index(t[0]))
-    return ProbeFit(sel_l2, sel_acc, test_acc, sweep, 0.0, "", w.cpu().numpy(),
-                    b.cpu().numpy(), evals)
+    w, b = w.cpu().numpy(), b.cpu().numpy()
+    clock("score")
+    return ProbeFit(sel_l2, sel_acc, test_acc, sweep, 0.0, "", w, b, evals, clock.phases)
 
 
-def _path_search(path, run, results) -> None:
-    """Walk the path strong -> weak, one warm-started value after another, and stop once the
+REFIT_CARRY = True
+
+
+def _carry_pairs(pairs, shift: torch.Tensor, scale: float):
+    """Curvature pairs of the training problem, mapped to the refit's parameters.
+
+    The refit's bias is ``c' = c + shift @ U`` (a linear change of variables ``theta' = A
+    theta``), so steps map as ``s' = A s`` and gradient differences as ``r' = A^-T r``:
+    ``r'_U = r_U - shift (x) r_c``. Train+val has ``scale`` times the rows of train, and about
+    ``scale`` times its curvature. The pairs are approximate - L-BFGS only needs them to be
+    roughly right, the line search keeps every step a descent step.
+    """
+    out = []
+    d = shift.shape[0]
+    for s, r in pairs:
+        s2, r2 = s.clone(), r * scale
+        s2[d] += torch.einsum("i,imk->mk", shift, s[:d])
+        r2[:d] -= shift.view(d, 1, 1) * r2[d].unsqueeze(0)
+        out.append((s2, r2))
+    return out
+
+
+class _Clock:
+    """Wall time per phase (synchronising a GPU so that its queued work is counted)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.t, self.phases = device, time.perf_counter(), {}
+
+    def __call__(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.t
+        self.t = now
+
+
+def _path_search(path, run, results, batch: int = 1) -> None:
+    """Walk the path strong -> weak, ``batch`` warm-started values at a time, and stop once the
     validation score has clearly turned down (see PATIENCE / DROP).
 
     Validation accuracy against log l2 is near-unimodal (rising while the probe is
@@ -341,13 +396,15 @@ def _path_search(path, run, results) -> None:
     weak end); the tests check that this selects what an exhaustive sweep selects.
     """
     st, best, below, far = None, None, 0, 0
-    for p in range(len(path)):
-        st = run([p], st)
-        if best is None or results[p] > results[best]:  # strict: ties keep the stronger value
-            best, below, far = p, 0, 0
-            continue
-        below += 1
-        far = far + 1 if results[p] < results[best] - DROP else 0
+    for lo in range(0, len(path), batch):
+        chunk = list(range(lo, min(lo + batch, len(path))))
+        st = run(chunk, st)
+        for p in chunk:
+            if best is None or results[p] > results[best]:  # strict: ties keep the stronger
+                best, below, far = p, 0, 0
+                continue
+            below += 1
+            far = far + 1 if results[p] < results[best] - DROP else 0
         if below >= PATIENCE or far >= DROP_RUN:
             break
 
