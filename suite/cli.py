@@ -74,6 +74,18 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
+_REUSED = " \\[reused]"  # escaped: rich would read [reused] as markup
+
+
+def _bool(text: str, what: str) -> bool:
+    t = text.strip().lower()
+    if t in ("true", "1", "yes", "on"):
+        return True
+    if t in ("false", "0", "no", "off"):
+        return False
+    raise SuiteError(f"{what} must be true or false, got {text!r}.", f"For example: {what} false")
+
+
 # ---------------------------------------------------------------------------------------------
 # study
 
@@ -143,12 +155,10 @@ def pretrain(
     arch: str = typer.Option("cnn", help="'cnn' or a torchvision architecture (suite zoo list)."),
     width: int = typer.Option(16, help="cnn: channels of the first stage."),
     depth: int = typer.Option(1, help="cnn: conv blocks per stage."),
-    bn_scale: bool = typer.Option(True, "--bn-scale", is_flag=False,
-                                  help="Learn batch-norm γ (true/false)."),
+    bn_scale: str = typer.Option("true", "--bn-scale", help="Learn batch-norm γ (true/false)."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing ε."),
     dropout: float = typer.Option(0.0, help="Dropout before the classifier."),
-    aux_head: bool = typer.Option(False, "--aux-head", is_flag=False,
-                                  help="Auxiliary classifier head (true/false)."),
+    aux_head: str = typer.Option("false", "--aux-head", help="Auxiliary classifier head (true/false)."),
     epochs: int = typer.Option(4, help="Source-task epochs."),
     source: str = typer.Option("synth-source", help="Source dataset (suite data list)."),
     batch_size: int = typer.Option(128),
@@ -165,8 +175,10 @@ def pretrain(
     """Train a model on the source task, log it, and register it in the Model Registry."""
     from suite.config import ModelConfig, PretrainConfig
 
-    model = ModelConfig(name=name, arch=arch, width=width, depth=depth, bn_scale=bn_scale,
-                        label_smoothing=label_smoothing, dropout=dropout, aux_head=aux_head,
+    model = ModelConfig(name=name, arch=arch, width=width, depth=depth,
+                        bn_scale=_bool(bn_scale, "--bn-scale"),
+                        label_smoothing=label_smoothing, dropout=dropout,
+                        aux_head=_bool(aux_head, "--aux-head"),
                         epochs=epochs)
     cfg = PretrainConfig(model=model, source=source, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, seed=seed, registered_name=registered_name,
@@ -233,7 +245,7 @@ def finetune(
     res = run_finetune(cfg)
     console.print(f"{setting.value} {model} on {dataset}: test {res.test_accuracy:.2f}% "
                   f"(val {res.val_accuracy:.2f}%, lr {res.selected_lr:g}, wd "
-                  f"{res.selected_wd:g}){' [reused]' if res.reused else ''}")
+                  f"{res.selected_wd:g}){_REUSED if res.reused else ''}")
 
 
 @app.command()
@@ -263,7 +275,7 @@ def probe(
     res = run_probe(cfg)
     console.print(f"logistic {model} on {dataset}: test {res.test_accuracy:.2f}% "
                   f"(val {res.val_accuracy:.2f}%, l2 {res.selected_l2:.3g})"
-                  f"{' [reused]' if res.reused else ''}")
+                  f"{_REUSED if res.reused else ''}")
 
 
 @app.command()
@@ -469,7 +481,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: run the app, turning user errors into one paragraph and exit code 2."""
     _quiet_libraries()
     try:
-        app(args=argv, prog_name="suite", standalone_mode=False)
+        rv = app(args=argv, prog_name="suite", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -484,12 +496,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                    highlight=False, markup=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        rv = 130
+    if rv == 130:  # typer turns Ctrl-C into exit code 130
         from rich.console import Console
 
         Console(stderr=True).print("interrupted: completed cells are kept in MLflow; run the "
                                    "same command again to resume.")
-        return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device,
     return np.ascontiguousarray(x, dtype=np.float32), y
 
 
-def _input_plan(mv, info) -> tuple[Any, int | None]:
+def input_plan(mv, info) -> tuple[Any, int | None]:
     """(per-image transform for the dataset, on-device resize side or None) of a version."""
     from suite.models import CNN, preprocessing
 
@@ -220,7 +220,7 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     info = data.get_info(dataset, root)
-    transform, resize_to = _input_plan(mv, info)
+    transform, resize_to = input_plan(mv, info)
     ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
                          val_fraction=val_fraction)
     workers = 0 if isinstance(ds, data.TensorImageDataset) else (

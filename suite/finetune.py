@@ -15,6 +15,12 @@ target's ``train``, ``val`` and ``test`` splits, and writes, in the study's expe
   ``weight_decay``, metrics ``val_accuracy``, ``test_accuracy``, ``train_loss`` and the same two
   curves. No model artifacts are logged (they would dominate the cost of a small study).
 
+Inputs are preprocessed exactly as for the probe's features: on-disk images through the
+version's own transform, synthetic ones resized on the device when the network was registered at
+another input side. Training uses no augmentation and plain (un-smoothed) targets; a kept
+auxiliary head is trained with weight 0.4; multi-label targets (VOC2007, metric ``map11``) use
+binary cross-entropy.
+
 Selection: the point with the best final validation score (ties: the smaller learning rate, then
 the smaller weight decay); its test score is reported. Unlike the logistic probe, which refits on
 train+val as the paper does, fine-tuning is not refit: every point is trained on ``train`` only,
@@ -31,6 +37,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +117,11 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     grid = list(itertools.product(cfg.lrs, cfg.weight_decays))
     run_name = f"{setting.value} {cfg.model_name}/v{version} on {cfg.dataset}"
     with tracking.start_run(cfg.study, run_name, tags) as parent:
+        # Inside an MLflow Project the parent has just resumed the launched run MLFLOW_RUN_ID.
+        # mlflow.start_run resumes that variable whenever no run_id is passed, nested runs
+        # included, so leaving it set would make every grid point re-open the parent.
+        if os.environ.get("MLFLOW_RUN_ID") == parent.info.run_id:
+            del os.environ["MLFLOW_RUN_ID"]
         tracking.log_config(cfg)
         points = []
         with make_progress() as bar:
@@ -147,21 +159,22 @@ class _Data:
     train: object  # torch Dataset
     val_loader: object
     test_loader: object
+    resize_to: int | None  # side the network expects when the (synthetic) images differ
 
 
 def _load_data(cfg: FinetuneConfig, mv) -> _Data:
+    """The target's splits, preprocessed exactly as the probe's features are (same plan:
+    :func:`suite.features.input_plan`): on-disk images through the version's own transform,
+    synthetic ones resized on the device when the network was registered at another side."""
     from suite.data import get_info, load_split
+    from suite.features import input_plan
 
     info = get_info(cfg.dataset, root=cfg.data_root)
     if info.num_classes < 2:
         raise SuiteError(
             f"Dataset {cfg.dataset!r} has {info.num_classes} class(es); fine-tuning a classifier "
             "needs at least 2.", "Use a dataset with two or more classes.")
-    transform = None
-    if info.kind != "synthetic":
-        from suite.models import preprocessing
-
-        transform, _ = preprocessing(mv.tags.get(tracking.VTAG_ARCH, "cnn"))
+    transform, resize_to = input_plan(mv, info)
     split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed)
     return _Data(
         info=info,
@@ -170,7 +183,23 @@ def _load_data(cfg: FinetuneConfig, mv) -> _Data:
                                num_workers=cfg.num_workers),
         test_loader=eval_loader(load_split(cfg.dataset, "test", **split),
                                 num_workers=cfg.num_workers),
+        resize_to=resize_to,
     )
+
+
+class _Resized(torch.nn.Module):
+    """``model`` applied to images resized to ``side`` × ``side`` (bilinear, antialiased: the
+    resize the probe's feature extraction applies), for a network registered at another input
+    size than the target's images. Outputs (logits or (logits, aux)) pass through."""
+
+    def __init__(self, model: torch.nn.Module, side: int):
+        super().__init__()
+        self.model, self.side = model, side
+
+    def forward(self, x: torch.Tensor):
+        x = torch.nn.functional.interpolate(x, size=(self.side, self.side), mode="bilinear",
+                                            align_corners=False, antialias=True)
+        return self.model(x)
 
 
 def _build(setting: Setting, mv, base, num_classes: int, seed: int) -> torch.nn.Module:
@@ -189,7 +218,10 @@ def _train_point(cfg: FinetuneConfig, setting: Setting, mv, base, data: _Data, l
                  wd: float, device: torch.device, run_id: str, on_step) -> _Point:
     """Train one grid point inside its (active) child run and log it."""
     info = data.info
-    model = to_device(_build(setting, mv, base, info.num_classes, cfg.seed), device)
+    model = _build(setting, mv, base, info.num_classes, cfg.seed)
+    if data.resize_to:
+        model = _Resized(model, data.resize_to)
+    model = to_device(model, device)
     optimizer = make_optimizer(model, lr, wd)
     scheduler = cosine_schedule(optimizer, cfg.steps)
     batches = cycle_batches(data.train, cfg.batch_size, seed=cfg.seed,

@@ -92,9 +92,10 @@ def _train(cfg: PretrainConfig):
     device = resolve_device(cfg.device)
     info = get_info(cfg.source, root=cfg.data_root)
     if info.multilabel or info.num_classes < 2:
+        kind = "multi-label" if info.multilabel else "single-class"
         raise SuiteError(
-            f"Source dataset {cfg.source!r} is {'multi-label' if info.multilabel else 'single-class'}"
-            "; pretraining needs a single-label classification task with at least 2 classes.",
+            f"Source dataset {cfg.source!r} is {kind}; pretraining needs a single-label "
+            "classification task with at least 2 classes.",
             "Pick another source dataset (suite data list).")
     transform = None
     if info.kind != "synthetic":

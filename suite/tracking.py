@@ -249,6 +249,9 @@ def start_run(study: str, run_name: str, tags: dict[str, str], nested: bool = Fa
     exp = experiment_id(study)
     resume = os.environ.get("MLFLOW_RUN_ID") if not nested else None
     if resume and mlflow.active_run() is None:
+        # Inside an MLflow Project: adopt the launcher's run once. Nested runs must not resume
+        # it again, so the variable goes (as MLflow itself does when it consumes it).
+        os.environ.pop("MLFLOW_RUN_ID", None)
         run = mlflow.start_run(run_id=resume)
         mlflow.set_tags(tags)
         if run_name:

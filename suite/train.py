@@ -193,7 +193,8 @@ def train_steps(model: nn.Module, loader_iter: Iterator, steps: int,
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: Iterable,
+            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Logits (n, k) float32 and targets (n,) or (n, k) of a whole loader, in eval mode."""
     was_training = model.training
     model.eval()

@@ -23,6 +23,7 @@ INFOS = {
     "tiny-target": DatasetInfo("tiny-target", 3, "mean_per_class", has_val=True, image_size=8),
     "tiny-voc": DatasetInfo("tiny-voc", 3, "map11", multilabel=True, has_val=True, image_size=8),
     "tiny-one": DatasetInfo("tiny-one", 1, "top1", has_val=True, image_size=8),
+    "tiny-big": DatasetInfo("tiny-big", 3, "top1", has_val=True, image_size=16),
 }
 
 
@@ -37,7 +38,7 @@ def _one_thread():
 
 
 def _tiny_split(name: str, split: str) -> TensorImageDataset:
-    """Class c = a bright 4x4 patch in quadrant c on channel c % 3; multi-label: the image holds
+    """Class c = a bright patch in quadrant c on channel c % 3; multi-label: the image holds
     the patches of its class and the next one, labels (n, k) of 0/1."""
     info = INFOS[name]
     k = info.num_classes
@@ -47,10 +48,12 @@ def _tiny_split(name: str, split: str) -> TensorImageDataset:
     present = torch.nn.functional.one_hot(y, k).float()
     if info.multilabel:
         present = present + torch.nn.functional.one_hot((y + 1) % k, k).float()
-    x = 0.3 * torch.randn(n, 3, 8, 8, generator=g)
+    side = info.image_size
+    h = side // 2
+    x = 0.3 * torch.randn(n, 3, side, side, generator=g)
     for c in range(k):
         r, q = divmod(c, 2)
-        x[:, c % 3, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 2.0 * present[:, c].view(-1, 1, 1)
+        x[:, c % 3, h * r:h * r + h, h * q:h * q + h] += 2.0 * present[:, c].view(-1, 1, 1)
     return TensorImageDataset(x, present if info.multilabel else y)
 
 
@@ -193,3 +196,32 @@ def test_failing_point_marks_runs_failed_and_rerun_completes(tiny, monkeypatch):
     assert not res.reused and res.run_id != parent.info.run_id
     assert tracking.client().get_run(res.run_id).info.status == "FINISHED"
     assert run_finetune(cfg).run_id == res.run_id
+
+
+def test_inside_an_mlflow_project_the_launched_run_is_the_parent(tiny, monkeypatch):
+    """``mlflow run`` creates the run and passes MLFLOW_RUN_ID: the parent resumes it and the
+    grid points nest under it."""
+    launched = tracking.client().create_run(tracking.experiment_id("t")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    res = run_finetune(_cfg(lrs=(0.1,), steps=3))
+    assert res.run_id == launched
+    run = tracking.client().get_run(launched)
+    assert run.info.status == "FINISHED" and run.data.tags["suite.stage"] == "finetune"
+    (child,) = _runs(**{"mlflow.parentRunId": launched})
+    assert child.info.status == "FINISHED"
+
+
+def test_images_of_another_size_are_resized_like_the_probe_does(tiny):
+    """The source model was registered at 8x8; a 16x16 target is resized on the device to 8x8
+    (bilinear, antialiased), as suite.features does for the probe."""
+    mv = tracking.get_version("t-tiny", "1")
+    data = suite.finetune._load_data(_cfg(dataset="tiny-big"), mv)
+    assert data.resize_to == 8
+    assert suite.finetune._load_data(_cfg(), mv).resize_to is None
+    net = torch.nn.Conv2d(3, 2, 1)
+    x = torch.randn(2, 3, 16, 16)
+    want = net(torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear",
+                                               align_corners=False, antialias=True))
+    assert torch.allclose(suite.finetune._Resized(net, 8)(x), want)
+    res = run_finetune(_cfg(dataset="tiny-big", lrs=(0.1,), steps=3))
+    assert tracking.client().get_run(res.run_id).info.status == "FINISHED"

@@ -139,3 +139,12 @@ def test_failed_registration_leaves_a_failed_run_and_no_version(store, tiny_sour
 def test_bad_model_config_is_a_user_error(store, tiny_source):
     with pytest.raises(SuiteError, match="epochs"):
         run_pretrain(_cfg(model=ModelConfig(name="x", width=4, epochs=0)))
+
+
+def test_inside_an_mlflow_project_the_launched_run_is_used(store, tiny_source, monkeypatch):
+    launched = tracking.client().create_run(tracking.experiment_id("t")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    res = run_pretrain(_cfg())
+    assert res.run_id == launched
+    assert tracking.get_version("t-tiny", res.version).tags["run_id"] == launched
+    assert tracking.client().get_run(launched).info.status == "FINISHED"

@@ -13,17 +13,20 @@ from suite.probe import bench
 
 @pytest.fixture(autouse=True)
 def _one_thread():
+    from threadpoolctl import threadpool_limits
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):  # scikit-learn's OpenMP / BLAS pools too
+        yield
     torch.set_num_threads(n)
 
 
 def test_quick_bench_writes_json_rows(tmp_path, capsys):
     out = tmp_path / "bench.json"
     grid = [10.0 ** e for e in range(0, 4)]
-    rows = bench.run_bench(bench.QUICK_SIZES, ["cpu", "reference", "sklearn", "torch_lbfgs"],
-                           json_out=out, l2_grid=grid)
+    rows = bench.run_bench(backends=["cpu", "reference", "sklearn", "torch_lbfgs"],
+                           json_out=out, quick=True, l2_grid=grid)
     assert [r["backend"] for r in rows] == ["cpu", "reference", "sklearn", "torch_lbfgs"]
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(rows))

@@ -107,7 +107,8 @@ def test_label_smoothing_loss_matches_reference():
 
 def test_aux_head_loss_is_weighted_sum():
     g = torch.Generator().manual_seed(2)
-    z, a, y = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.tensor([0, 1, 2, 1])
+    z, a = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([0, 1, 2, 1])
     ce = nn.functional.cross_entropy
     got = float(compute_loss((z, a), y))
     assert got == pytest.approx(float(ce(z, y) + AUX_WEIGHT * ce(a, y)), rel=1e-6)

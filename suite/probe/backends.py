@@ -6,12 +6,16 @@ test - exactly what :func:`suite.probe.solver.fit_protocol` promises, with a pla
 
 Objective scales: ours is ``sum_i CE_i + (l2/2)||W||^2``.
 
-* scikit-learn sums the loss too: ``C ||.||^2/2``-form ``C * sum_i CE_i + ||W||^2 / 2``, which is
-  ours divided by ``l2`` when ``C = 1 / l2``: same minimiser.
-* cuML minimises the MEAN loss: ``(1/n) sum_i CE_i + ||W||^2 / (2 C')``. Multiplying ours by
-  ``1/n`` gives ``(1/n) sum_i CE_i + (l2 / n) ||W||^2 / 2``, so ``1 / C' = l2 / n``, i.e.
-  ``C' = n / l2`` with ``n`` the number of rows of that fit (train for the sweep, train+val for
-  the refit).
+* scikit-learn sums the loss too and minimises ``C * sum_i CE_i + ||W||^2 / 2``, which is ours
+  times ``C`` when ``C = 1 / l2``: the same minimiser.
+* cuML's quasi-Newton solver minimises the MEAN loss, ``(1/n) sum_i CE_i + (alpha/2)||W||^2``,
+  and its Python layer sets ``alpha = 1 / (C n)`` (since cuML 0.15, rapidsai/cuml PR #2494
+  "Set QN regularization strength consistent with scikit-learn"; before it, ``alpha = 1/C``).
+  Multiplying by ``n``: ``sum_i CE_i + (1 / (2C))||W||^2``, i.e. ours with ``l2 = 1/C``. So
+  ``C = 1 / l2`` as for scikit-learn, and the ``n`` of each fit (train for the sweep,
+  train+val for the refit) is already accounted for by cuML. Passing ``C = n / l2``, right for
+  the raw mean-loss solver, would regularise ``n`` times too weakly here. The parity test
+  against the reference backend (run where cuML is installed) pins this down.
 """
 
 from __future__ import annotations
@@ -113,12 +117,13 @@ def _cuml():
 
 
 def cuml_C(l2: float, n: int) -> float:
-    """cuML's ``C`` for our ``l2`` on ``n`` rows (mean loss, see the module docstring)."""
-    return n / l2
+    """cuML's ``C`` for our ``l2`` on ``n`` rows: ``1 / l2`` (cuML scales its mean-loss penalty
+    by ``1/n`` itself; see the module docstring)."""
+    return 1.0 / l2
 
 
 def cuml_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, metric, k):
-    """cuML ``LogisticRegression`` (GPU quasi-Newton) over the grid, ``C = n / l2``.
+    """cuML ``LogisticRegression`` (GPU quasi-Newton) over the grid, ``C = cuml_C(l2, n)``.
 
     Multi-label (map11) is not offered by cuML's multinomial solver: one binary fit per class.
     """

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from suite import kernels as K
+from suite import progress
 from suite.config import PAPER_L2_GRID
 from suite.errors import SuiteError
 from suite.probe.data import Features, load_features_npz, make_features
@@ -131,7 +131,16 @@ def _run_one(backend: str, f: Features, l2_grid, seed: int) -> dict:
             "backend": backend, "seconds": seconds, "selected_l2": fit.selected_l2,
             "val_accuracy": fit.val_accuracy, "test_accuracy": fit.test_accuracy,
             "values_fitted": len(fit.sweep), "evaluations": fit.evaluations or None,
-            "peak_mem_mb": peak, "threads": torch.get_num_threads(), "seed": seed}
+            "peak_mem_mb": peak, "threads": torch.get_num_threads(), "seed": seed,
+            "timings": fit.timings}
+
+
+def _compare(rows: list[dict]) -> None:
+    """Fill speed-up and test-accuracy difference against the sklearn row, if any."""
+    base = next((r for r in rows if r["backend"] == "sklearn"), None)
+    for r in rows:
+        r["speedup_vs_sklearn"] = base["seconds"] / r["seconds"] if base else None
+        r["test_delta_vs_sklearn"] = r["test_accuracy"] - base["test_accuracy"] if base else None
 
 
 def _table(title: str, rows: list[dict]) -> Table:
@@ -152,13 +161,13 @@ def _table(title: str, rows: list[dict]) -> Table:
 
 def run_bench(sizes: Sequence[Size | tuple[int, int, int]] | None = None,
               backends: Sequence[str] | None = None, features_file: str | Path | None = None,
-              json_out: str | Path | None = None, seed: int = 0, *,
+              json_out: str | Path | None = None, seed: int = 0, *, quick: bool = False,
               l2_grid: Sequence[float] = PAPER_L2_GRID, console: Console | None = None
               ) -> list[dict]:
     """Run every backend on every size (or on the features in ``features_file``).
 
-    ``sizes``: :class:`Size` or ``(n_train, d, classes)`` tuples; default :data:`DEFAULT_SIZES`
-    (:data:`QUICK_SIZES` is the ``--quick`` set). ``backends``: names from :data:`BACKENDS`;
+    ``sizes``: :class:`Size` or ``(n_train, d, classes)`` tuples; default :data:`DEFAULT_SIZES`,
+    or :data:`QUICK_SIZES` with ``quick=True`` (seconds; what ``--quick`` runs). ``backends``: names from :data:`BACKENDS`;
     default :func:`default_backends`. Rows carry ``speedup_vs_sklearn`` (sklearn seconds / ours)
     and ``test_delta_vs_sklearn`` when sklearn ran on that size.
     """
@@ -174,38 +183,34 @@ def run_bench(sizes: Sequence[Size | tuple[int, int, int]] | None = None,
     if "cuda" in backends:
         K.require_cuda()
     if features_file is not None:
-        feats = load_features_npz(features_file)
-        jobs = [(f"{Path(features_file).name}", feats)]
+        jobs = [(Path(features_file).name, lambda: load_features_npz(features_file))]
     else:
         todo = [s if isinstance(s, Size) else Size(f"{s[0]}x{s[1]}x{s[2]}", *s)
-                for s in (sizes or DEFAULT_SIZES)]
-        jobs = [(s.name, None, s) for s in todo]
+                for s in (sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))]
+        jobs = [(s.name, lambda s=s: make_features(s.n_train, s.n_val, s.n_test, s.d, s.classes,
+                                                   seed=seed)) for s in todo]
     rows: list[dict] = []
-    for job in jobs:
-        if features_file is None:
-            name, _, s = job
-            feats = make_features(s.n_train, s.n_val, s.n_test, s.d, s.classes, seed=seed)
-        else:
-            name, feats = job
+    for name, load in jobs:
+        feats = load()
         size_rows = []
-        order = (["sklearn"] if "sklearn" in backends else []) + \
-            [b for b in backends if b != "sklearn"]
+        # scikit-learn first (the speed-up baseline), the naive torch loop last (the slowest).
+        order = sorted(backends, key=lambda b: (b != "sklearn", b == "torch_lbfgs"))
         for b in order:
             r = _run_one(b, feats, list(l2_grid), seed)
             r["size"] = name
             size_rows.append(r)
-        base = next((r for r in size_rows if r["backend"] == "sklearn"), None)
-        for r in size_rows:
-            r["speedup_vs_sklearn"] = base["seconds"] / r["seconds"] if base else None
-            r["test_delta_vs_sklearn"] = (r["test_accuracy"] - base["test_accuracy"]
-                                          if base else None)
+            progress.console.log(f"bench {name}: {b} {r['seconds']:.1f} s, test "
+                                 f"{r['test_accuracy']:.2f} %, l2 {r['selected_l2']:.3g}")
+            _compare(size_rows)
+            if json_out:  # after every run, so that a long benchmark leaves partial results
+                Path(json_out).write_text(json.dumps(rows + size_rows, indent=1))
         size_rows.sort(key=lambda r: backends.index(r["backend"]))
         n, d, k = feats.shape
         console.print(_table(f"probe protocol, {name}: n={n} (val {len(feats.y_val)}, test "
                              f"{len(feats.y_test)}), d={d}, {k} classes, {len(l2_grid)} values, "
                              f"{torch.get_num_threads()} threads", size_rows))
         rows.extend(size_rows)
-        if json_out:  # after every size, so a long run leaves partial results
+        if json_out:
             Path(json_out).write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -221,9 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--size", action="append", help="N,D,CLASSES (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split(",")) for s in a.size] if a.size else \
-        (QUICK_SIZES if a.quick else DEFAULT_SIZES)
-    run_bench(sizes, a.backend, a.features, a.json, a.seed)
+    sizes = [tuple(int(v) for v in s.split(",")) for s in a.size] if a.size else None
+    run_bench(sizes, a.backend, a.features, a.json, a.seed, quick=a.quick)
     return 0
 
 

@@ -200,11 +200,12 @@ def resolve_backend(backend: ProbeBackend | str, device=None) -> tuple[str, torc
 def fit_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *,
                  l2_grid: Sequence[float] = PAPER_L2_GRID,
                  backend: ProbeBackend | str = ProbeBackend.auto, metric: str = "top1",
-                 device=None, search: str = "adaptive") -> ProbeFit:
+                 device=None, search: str = "adaptive", tf32: bool = False) -> ProbeFit:
     """Run the whole protocol (select l2 on val, refit on train+val, score test).
 
     ``search``: ``"adaptive"`` (early-stopped path, default) or ``"exhaustive"`` (every value) for
-    the cpu/cuda/reference backends; the baselines always fit every value.
+    the cpu/cuda/reference backends; the baselines always fit every value. ``tf32``: allow
+    TF32 GEMMs on a GPU (faster; off by default so that cuda matches cpu to float32 precision).
     """
     t0 = time.perf_counter()
     k = validate_features(x_train, y_train, x_val, y_val, x_test, y_test, metric=metric)
@@ -225,8 +226,13 @@ def fit_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *,
     else:
         kernels = E.REFERENCE if name == "reference" else E.FUSED
         batch = _cuda_batch(np.shape(x_train), k, dev) if name == "cuda" else 1
-        fit = engine_protocol(*data, l2_grid=grid, metric=metric, k=k, device=dev,
-                              kernels=kernels, search=search, batch=batch)
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32 and dev.type == "cuda")
+        try:
+            fit = engine_protocol(*data, l2_grid=grid, metric=metric, k=k, device=dev,
+                                  kernels=kernels, search=search, batch=batch)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
     return _finish(fit, name, time.perf_counter() - t0)
 
 
