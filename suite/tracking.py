@@ -280,7 +280,10 @@ def log_config(cfg: Any, prefix: str = "") -> None:
     from suite.config import flatten
 
     params = flatten(cfg, prefix)
-    items = list(params.items())
+    # Inside an MLflow Project the launcher already logged the entry point's parameters (same
+    # values, shell-quoted); MLflow forbids re-logging a key with another value, so skip them.
+    logged = client().get_run(mlflow.active_run().info.run_id).data.params
+    items = [(k, v) for k, v in params.items() if k not in logged]
     for i in range(0, len(items), 100):  # log_params batches are limited in size
         mlflow.log_params(dict(items[i:i + 100]))
 

@@ -3,8 +3,8 @@
 Every backend runs the *whole* protocol (sweep the grid, select on validation, refit on
 train+val, score test) on the same features in one process, one after another, so that they
 share the machine's state. Per size it prints a table (backend, wall time, speed-up over
-scikit-learn, selected l2, accuracies, full-data evaluations, peak memory) and returns one row
-per (size, backend); ``json_out`` writes the rows as a JSON list.
+scikit-learn, process CPU time, selected l2, accuracies, full-data evaluations, peak memory)
+and returns one row per (size, backend); ``json_out`` writes the rows as a JSON list.
 
 Peak memory: on a CPU, the peak resident set size above the level before the run, sampled every
 5 ms from ``/proc/self/statm`` (``ru_maxrss`` cannot go down between runs); on CUDA,
@@ -116,6 +116,7 @@ def _run_one(backend: str, f: Features, l2_grid, seed: int) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     with _PeakRSS() as mem:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         if backend == "torch_lbfgs":
             dev = "cuda" if K.has_cuda() else "cpu"
@@ -125,10 +126,12 @@ def _run_one(backend: str, f: Features, l2_grid, seed: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        cpu_seconds = time.process_time() - c0
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else mem.mb
     n, d, k = f.shape
     return {"n": n, "n_val": len(f.y_val), "n_test": len(f.y_test), "d": d, "classes": k,
-            "backend": backend, "seconds": seconds, "selected_l2": fit.selected_l2,
+            "backend": backend, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "selected_l2": fit.selected_l2,
             "val_accuracy": fit.val_accuracy, "test_accuracy": fit.test_accuracy,
             "values_fitted": len(fit.sweep), "evaluations": fit.evaluations or None,
             "peak_mem_mb": peak, "threads": torch.get_num_threads(), "seed": seed,
@@ -145,13 +148,14 @@ def _compare(rows: list[dict]) -> None:
 
 def _table(title: str, rows: list[dict]) -> Table:
     t = Table(title=title)
-    for col in ("backend", "seconds", "vs sklearn", "selected l2", "val %", "test %",
+    for col in ("backend", "seconds", "vs sklearn", "CPU s", "selected l2", "val %", "test %",
                 "Δtest vs sklearn", "values", "evals", "peak MB"):
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in rows:
         sp = r.get("speedup_vs_sklearn")
         dt = r.get("test_delta_vs_sklearn")
         t.add_row(r["backend"], f"{r['seconds']:.2f}", "-" if sp is None else f"{sp:.1f}x",
+                  f"{r['cpu_seconds']:.1f}",
                   f"{r['selected_l2']:.3g}", f"{r['val_accuracy']:.2f}",
                   f"{r['test_accuracy']:.2f}", "-" if dt is None else f"{dt:+.2f}",
                   str(r["values_fitted"]), str(r["evaluations"] or "-"),

@@ -18,8 +18,10 @@ Solvers (``ProbeBackend``):
   2. the path runs from strong to weak regularisation, warm-started, and the L-BFGS memory and
      the last gradient are carried along (curvature pairs stay exact when ``l2`` changes, so a
      neighbouring value often needs only a few evaluations);
-  3. during the search a value stops as soon as its validation predictions have settled (they
-     decide the selection); the refit of the selected value converges fully;
+  3. during the search a value stops as soon as its validation predictions have settled; the
+     best value and its two neighbours are then converged and re-scored before the selection
+     (near the peak neighbours differ by a few validation examples), and the refit of the
+     selected value converges fully;
   4. the path stops early once validation accuracy has clearly turned down (``PATIENCE``
      values in a row below the best, or ``DROP_RUN`` values more than ``DROP`` points below):
      validation accuracy against log l2 is near-unimodal, so the weaker rest cannot win.
@@ -64,6 +66,7 @@ CUDA_MAX_BATCH = 8  # grid values per GEMM on a GPU (more columns, higher FLOP r
 # are unchanged for `settle` iterations; the refit (the model that is scored) converges.
 SEARCH_OPTS = E.SolveOptions(max_iter=40, tol=1e-5, ftol=1e-8, settle=3)
 REFIT_OPTS = E.SolveOptions(max_iter=300, tol=1e-7, ftol=1e-10, settle=0)
+POLISH_OPTS = E.SolveOptions(max_iter=40, tol=1e-6, ftol=1e-9, settle=0)
 
 
 @dataclass(frozen=True)
@@ -311,8 +314,9 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
                 for j, p in enumerate(chunk):
                     results[p] = metrics.score(metric, sc[:, j], yva)
                     states[p] = st if m == 1 else st.take(j)
-                if len(states) > 1:  # only the warm start and the selected value are needed
-                    keep = {chunk[-1], max(results, key=lambda q: (results[q], -q))}
+                if len(states) > 1:  # keep the warm start and the best value's neighbourhood
+                    top = max(results, key=lambda q: (results[q], -q))
+                    keep = {chunk[-1], top - 1, top, top + 1}
                     for q in [q for q in states if q not in keep]:
                         del states[q]
                 progress.advance(task, m)
@@ -323,8 +327,20 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
         else:
             _path_search(path, run, results, batch)
         progress.update(task, completed=len(path))
-
     clock("sweep")
+
+    # Polish: the settled (not converged) fits rank values well but not to the last example,
+    # and near the peak neighbours often differ by one or two validation examples. Converge
+    # the best value and its neighbours, re-score them, and select among those.
+    top = max(results, key=lambda p: (results[p], -p))
+    for p in (top - 1, top, top + 1):
+        if p in states:
+            l2 = torch.tensor([path[p]], dtype=ztr.dtype, device=device)
+            states[p] = E.solve(train, l2, states[p].take(0), POLISH_OPTS)
+            evals += states[p].evals
+            results[p] = metrics.score(metric, val_scores(states[p].theta)[:, 0].cpu().numpy(),
+                                       yva)
+    clock("polish")
     pos = max(results, key=lambda p: (results[p], path[p]))  # ties -> stronger (earlier)
     sel_l2, sel_acc = path[pos], results[pos]
 
