@@ -62,6 +62,12 @@ class ModelConfig:
     dropout: float = 0.0  # dropout probability before the classifier
     aux_head: bool = False  # auxiliary classifier on the middle stage, loss weight 0.4
     epochs: int = 4  # source-task pretraining epochs (a cheap knob for source accuracy)
+    # A published checkpoint instead of pretraining: torchvision weights id ("DEFAULT",
+    # "IMAGENET1K_V2", ...) registered through `suite zoo register` into the study; "" = train
+    # on the study's source task. weights_file: a local state dict for it (offline machines).
+    weights: str = ""
+    weights_file: str = ""
+    source_top1: float = -1.0  # percent, for a weights_file of your own; -1 = from metadata
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ def _validate_names(cfg: StudyConfig) -> None:
     """Fail before any training on unknown datasets or architectures."""
     from suite import data, models
 
-    data.get_info(cfg.source, cfg.data_root)
+    if any(not (m.weights or m.weights_file) for m in cfg.models):
+        data.get_info(cfg.source, cfg.data_root)  # some model is pretrained on it
     for ds in cfg.datasets:
         data.get_info(ds, cfg.data_root)
     for m in cfg.models:
@@ -93,6 +94,15 @@ def _pretrain(cfg: StudyConfig, model: ModelConfig) -> tuple[str, str, bool]:
     """Pretrain (or reuse) one model; returns (registered name, version, reused)."""
     from suite import pretrain
 
+    if model.weights or model.weights_file:
+        from suite.models.zoo import register_zoo
+
+        name = tracking.registered_name(cfg.name, model.name)
+        mv = register_zoo(model.arch, weights=model.weights or None,
+                          weights_file=model.weights_file or None,
+                          source_top1=model.source_top1 if model.source_top1 >= 0 else None,
+                          registered_name=name, study=cfg.name)
+        return name, str(mv.version), False
     pcfg = make_pretrain_config(cfg, model)
     name = pcfg.registered_name or tracking.registered_name(cfg.name, model.name)
     if cfg.launcher == Launcher.project:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import socket
 import urllib.parse
@@ -100,12 +102,23 @@ def configure(workspace: str | Path | None = None, tracking_uri: str | None = No
     _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    logging.getLogger("mlflow.pytorch").addFilter(_PickleNotice())
+    for noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial tables..." etc.
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Children (MLflow Projects, DataLoader workers) inherit the same store.
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.environ[ENV_WORKSPACE] = str(ws)
     _CURRENT = Tracking(workspace=ws, tracking_uri=uri, artifact_root=artifact_root)
     _init_store()
     return _CURRENT
+
+
+class _PickleNotice(logging.Filter):
+    """Drop mlflow.pytorch's notice about pickle: suite logs its own modules by pickle on
+    purpose (a pt2 export loses the classifier structure that fine-tuning replaces)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Pickle or CloudPickle" not in record.getMessage()
 
 
 def current() -> Tracking:
@@ -328,7 +341,10 @@ def register_version(run_id: str, artifact_path: str, name: str, tags: dict[str,
         with contextlib.suppress(Exception):
             c.create_registered_model(name, tags={"suite": "checkpoint"})
     uri = model_uri or f"runs:/{run_id}/{artifact_path}"
-    mv = mlflow.register_model(uri, name, tags={k: _tag(v) for k, v in tags.items()})
+    # register_model prints "Registered model ... already exists" lines to stderr; the study's
+    # own progress says what was registered.
+    with contextlib.redirect_stderr(io.StringIO()):
+        mv = mlflow.register_model(uri, name, tags={k: _tag(v) for k, v in tags.items()})
     return mv
 
 
