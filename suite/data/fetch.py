@@ -69,6 +69,10 @@ def fetch(name: str, root: str) -> str:
         raise SuiteError(f"No root folder was given to download {name} into.",
                          f"Pass --root ROOT, e.g. `suite data fetch {name} --root ~/data`.")
     base = Path(root).expanduser()
+    if name == "imagenet":
+        from suite.data.paper import missing_error
+
+        raise missing_error("imagenet", base, " and is never downloaded by suite")
     if name == "birdsnap":
         raise SuiteError(
             "Birdsnap cannot be downloaded by torchvision: its images are fetched from the "

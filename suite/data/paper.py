@@ -93,13 +93,23 @@ PAPER: dict[str, DatasetInfo] = {
                         "1,020 train / 1,020 val / 6,149 test."),
 }
 
+# ImageNet (ILSVRC-2012) as a *source* for `suite pretrain --source imagenet` at full scale: the
+# user's own copy, as an ImageFolder tree <root>/imagenet/{train,val}/<wnid>/*.JPEG. The official
+# validation set is the test split (the labels of ILSVRC's test set are not public), and the
+# validation split is a seeded stratified hold-out of train. Not one of the 12 targets.
+PAPER["imagenet"] = DatasetInfo(
+    name="imagenet", num_classes=1000, metric="top1", multilabel=False, has_val=False,
+    kind="folder", image_size=0, paper=False,
+    description="ILSVRC-2012 (user-provided: imagenet/train/<wnid>/, imagenet/val/<wnid>/; "
+                "val is the test split). A pretraining source, not a target.")
+
 # Where each dataset lives under the root (checked before any loader runs).
 LOCATIONS: dict[str, str] = {
     "food101": "food-101", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
     "birdsnap": "birdsnap", "sun397": "SUN397", "stanford_cars": "stanford_cars",
     "fgvc_aircraft": "fgvc-aircraft-2013b", "voc2007": "VOCdevkit/VOC2007", "dtd": "dtd/dtd",
     "oxford_pets": "oxford-iiit-pet", "caltech101": "caltech101/101_ObjectCategories",
-    "flowers102": "flowers-102",
+    "flowers102": "flowers-102", "imagenet": "imagenet",
 }
 
 
@@ -119,6 +129,12 @@ class Index:
 
 def missing_error(name: str, root, detail: str = "") -> SuiteError:
     where = Path(root) / LOCATIONS[name] if root else LOCATIONS[name]
+    if name == "imagenet":
+        return SuiteError(
+            f"ImageNet (ILSVRC-2012) was not found at {where}{detail}. It cannot be downloaded "
+            "automatically (its licence requires registration).",
+            f"Put your copy at {where} as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the "
+            "validation images sorted into class folders, e.g. with the common valprep.sh).")
     if name == "birdsnap":
         return SuiteError(
             f"Dataset birdsnap was not found at {where}{detail}. Birdsnap has no torchvision "
@@ -339,7 +355,20 @@ def _index_birdsnap(root: Path) -> Index:
     return Index(classes, splits)
 
 
+def _index_imagenet(root: Path) -> Index:
+    from suite.data.folder import _classes, _samples
+
+    tree = root / "imagenet"
+    for sub in ("train", "val"):
+        if not (tree / sub).is_dir():
+            raise missing_error("imagenet", root, f" (no {sub}/ folder)")
+    classes = _classes(tree)
+    return Index(classes, {"train": _samples(tree, "train", classes),
+                           "test": _samples(tree, "val", classes)})
+
+
 INDEXERS: dict[str, Callable[[Path], Index]] = {
+    "imagenet": _index_imagenet,
     "food101": _index_food101,
     "cifar10": lambda root: _index_cifar("cifar10", root),
     "cifar100": lambda root: _index_cifar("cifar100", root),
