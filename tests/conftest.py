@@ -27,22 +27,46 @@ def _template_store(tmp_path_factory):
     return ws / "mlflow.db"
 
 
+@pytest.fixture(scope="session")
+def fresh_store(_template_store):
+    """``fresh_store(root) -> Tracking``: an empty embedded store in ``root`` (schema copied
+    from the session's template), configured as the current one."""
+    from suite import tracking
+
+    def make(root):
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SUITE_WORKSPACE"):
+            os.environ.pop(var, None)
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_template_store, root / "mlflow.db")
+        tracking._CURRENT = None
+        return tracking.configure(workspace=root)
+
+    return make
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch, _template_store):
+def store(tmp_path, monkeypatch, fresh_store):
     """A configured, empty embedded store in ``tmp_path/ws``; returns the Tracking."""
     from suite import tracking
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("SUITE_WORKSPACE", raising=False)
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    shutil.copy(_template_store, ws / "mlflow.db")
-    tracking._CURRENT = None
-    tr = tracking.configure(workspace=ws)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SUITE_WORKSPACE"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    tr = fresh_store(tmp_path / "ws")
     yield tr
     import mlflow
 
     while mlflow.active_run() is not None:
         mlflow.end_run()
     tracking._CURRENT = None
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every OpenMP
+    barrier can wait a whole scheduler slice: run such tests single-threaded."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

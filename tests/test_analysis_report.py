@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,32 +15,6 @@ from suite.config import AnalysisConfig
 from suite.errors import SuiteError
 
 STUDY = "from-csv"
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch, pytestconfig, tmp_path_factory):
-    """An empty embedded MLflow store in tmp_path (schema copied from a migrated template)."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("SUITE_WORKSPACE", "unset")
-    monkeypatch.delenv("SUITE_WORKSPACE")
-    try:
-        template = pytestconfig.cache.mkdir(f"analysis-mlflow-{mlflow.__version__}")
-    except Exception:
-        template = tmp_path_factory.getbasetemp() / "analysis-store-template"
-    if not (template / "mlflow.db").exists():
-        tracking._CURRENT = None
-        tracking.configure(workspace=template)
-        # configure() exports the store it chose; the copy below must not inherit it.
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        os.environ.pop(tracking.ENV_WORKSPACE, None)
-    shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")
-    tracking._CURRENT = None
-    tracking.configure(workspace=tmp_path)
-    yield tmp_path
-    tracking._CURRENT = None
 
 
 def _results(rng, models=6, datasets=("d1", "d2", "d3"), settings=("logistic", "finetune")):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -40,28 +38,6 @@ def _curve(setting: str) -> list[tuple[int, float]]:
     if setting == "finetune":
         return [(0, 10.0), (50, 60.0), (100, 70.0), (200, 72.0)]
     return [(0, 10.0), (100, 40.0), (200, 60.0)]
-
-
-def _fresh_store(root, config, tmp_path_factory):
-    """A new embedded store in ``root``, copied from a once-migrated template: creating the
-    SQLite schema from scratch takes many seconds. The template lives in pytest's cache (keyed
-    by the MLflow version) when it is available, else in this session's temporary folder."""
-    import mlflow
-
-    try:
-        template = config.cache.mkdir(f"analysis-mlflow-{mlflow.__version__}")
-    except Exception:  # cache provider disabled
-        template = tmp_path_factory.getbasetemp() / "analysis-store-template"
-    if not (template / "mlflow.db").exists():
-        tracking._CURRENT = None
-        tracking.configure(workspace=template)
-        # configure() exports the store it chose; the copy below must not inherit it.
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        os.environ.pop(tracking.ENV_WORKSPACE, None)
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(template / "mlflow.db", root / "mlflow.db")
-    tracking._CURRENT = None
-    return tracking.configure(workspace=root)
 
 
 def _log_study() -> None:
@@ -109,14 +85,14 @@ def _log_study() -> None:
 
 
 @pytest.fixture(scope="module")
-def study_store(tmp_path_factory, pytestconfig):
+def study_store(tmp_path_factory, fresh_store):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", "unset")
         mp.delenv("MLFLOW_TRACKING_URI")
         mp.setenv("SUITE_WORKSPACE", "unset")
         mp.delenv("SUITE_WORKSPACE")
         root = tmp_path_factory.mktemp("study")
-        _fresh_store(root, pytestconfig, tmp_path_factory)
+        fresh_store(root)
         _log_study()
         yield root
         tracking._CURRENT = None

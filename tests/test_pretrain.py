@@ -19,14 +19,7 @@ TINY = DatasetInfo(name="tiny-source", num_classes=K, metric="top1", has_val=Tru
                    kind="synthetic", image_size=8, description="4 colour blobs, 8x8")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every OpenMP
-    barrier can wait a whole scheduler slice: run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_split(split: str) -> TensorImageDataset:

@@ -16,14 +16,7 @@ from suite.train import (AUX_WEIGHT, compute_loss, cosine_factor, cosine_schedul
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every OpenMP
-    barrier can wait a whole scheduler slice: run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n=128, k=3, d=8, seed=0):
