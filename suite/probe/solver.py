@@ -67,6 +67,7 @@ CUDA_MAX_BATCH = 8  # grid values per GEMM on a GPU (more columns, higher FLOP r
 SEARCH_OPTS = E.SolveOptions(max_iter=40, tol=1e-5, ftol=1e-8, settle=3)
 REFIT_OPTS = E.SolveOptions(max_iter=300, tol=1e-7, ftol=1e-10, settle=0)
 POLISH_OPTS = E.SolveOptions(max_iter=40, tol=1e-6, ftol=1e-9, settle=0)
+POLISH_MARGIN = 0.5  # percentage points
 
 
 @dataclass(frozen=True)
@@ -333,8 +334,11 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     # and near the peak neighbours often differ by one or two validation examples. Converge
     # the best value and its neighbours, re-score them, and select among those.
     top = max(results, key=lambda p: (results[p], -p))
+    # A neighbour more than POLISH_MARGIN points (or 3 validation examples) below the top is
+    # not polished: converging moves a settled fit's accuracy by a few examples, not by that.
+    margin = max(POLISH_MARGIN, 300.0 / max(len(yva), 1))
     for p in (top - 1, top, top + 1):
-        if p in states:
+        if p in states and results[p] >= results[top] - margin:
             l2 = torch.tensor([path[p]], dtype=ztr.dtype, device=device)
             states[p] = E.solve(train, l2, states[p].take(0), POLISH_OPTS)
             evals += states[p].evals
