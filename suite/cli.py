@@ -342,7 +342,6 @@ def zoo_list(
     from rich.table import Table
 
     from suite.models.zoo import list_zoo
-    from suite.progress import console as _  # noqa: F401
 
     rows = list_zoo()
     if paper:

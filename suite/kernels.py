@@ -165,6 +165,29 @@ def _cuda_args(logits: torch.Tensor) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- kernels
 
+def _fused_loss_(logits: torch.Tensor, y: torch.Tensor, reference, kernel: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared dispatch of the in-place loss kernels (inputs already checked): the reference when
+    ``suite._C`` is missing, else ``_C.<kernel>`` on CPU or ``_C.<kernel>_cuda`` on a GPU.
+    ``y`` is the labels (n,) or the targets (n, k)."""
+    n, m, k = logits.shape
+    if n == 0 or m == 0:
+        return _zero_outputs(logits, m, k)
+    if _C is None:
+        ref_loss, g, ref_bias = reference(logits, y)
+        logits.copy_(g)
+        return ref_loss, ref_bias
+    loss, grad_bias = _outputs(logits, m, k)
+    if logits.is_cuda:
+        device, stream = _cuda_args(logits)
+        getattr(_C, kernel + "_cuda")(logits.data_ptr(), y.data_ptr(), loss.data_ptr(),
+                                      grad_bias.data_ptr(), n, m, k, device, stream)
+    else:
+        getattr(_C, kernel)(_np(logits), _np(y), _np(loss), _np(grad_bias),
+                            torch.get_num_threads())
+    return loss, grad_bias
+
+
 def softmax_xent_grad_(logits: torch.Tensor, labels: torch.Tensor, *,
                        check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial cross-entropy of every row, overwriting the logits with ``P - Y``.
@@ -188,21 +211,7 @@ def softmax_xent_grad_(logits: torch.Tensor, labels: torch.Tensor, *,
     """
     n, m, k = _check_logits(logits)
     _check_labels(labels, n, k, logits, check_range=check_labels)
-    if n == 0 or m == 0:
-        return _zero_outputs(logits, m, k)
-    if _C is None:
-        ref_loss, g, ref_bias = _reference_softmax(logits, labels)
-        logits.copy_(g)
-        return ref_loss, ref_bias
-    loss, grad_bias = _outputs(logits, m, k)
-    if logits.is_cuda:
-        device, stream = _cuda_args(logits)
-        _C.softmax_xent_grad_cuda(logits.data_ptr(), labels.data_ptr(), loss.data_ptr(),
-                                  grad_bias.data_ptr(), n, m, k, device, stream)
-    else:
-        _C.softmax_xent_grad(_np(logits), _np(labels), _np(loss), _np(grad_bias),
-                             torch.get_num_threads())
-    return loss, grad_bias
+    return _fused_loss_(logits, labels, _reference_softmax, "softmax_xent_grad")
 
 
 def sigmoid_bce_grad_(logits: torch.Tensor,
@@ -222,21 +231,7 @@ def sigmoid_bce_grad_(logits: torch.Tensor,
     """
     n, m, k = _check_logits(logits)
     _check_targets(targets, n, k, logits)
-    if n == 0 or m == 0:
-        return _zero_outputs(logits, m, k)
-    if _C is None:
-        ref_loss, g, ref_bias = _reference_sigmoid(logits, targets)
-        logits.copy_(g)
-        return ref_loss, ref_bias
-    loss, grad_bias = _outputs(logits, m, k)
-    if logits.is_cuda:
-        device, stream = _cuda_args(logits)
-        _C.sigmoid_bce_grad_cuda(logits.data_ptr(), targets.data_ptr(), loss.data_ptr(),
-                                 grad_bias.data_ptr(), n, m, k, device, stream)
-    else:
-        _C.sigmoid_bce_grad(_np(logits), _np(targets), _np(loss), _np(grad_bias),
-                            torch.get_num_threads())
-    return loss, grad_bias
+    return _fused_loss_(logits, targets, _reference_sigmoid, "sigmoid_bce_grad")
 
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:

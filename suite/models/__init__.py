@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from suite.errors import SuiteError
-from suite.models.cnn import SmallCNN, freeze_bn_scale
+from suite.models.cnn import SmallCNN, freeze_all_bn_scales
 
 CNN = "cnn"
 TIMM_PREFIX = "timm:"
@@ -185,12 +185,7 @@ def _build_torchvision(arch: str, num_classes: int, *, bn_scale: bool, dropout: 
     else:
         model = _build_pretrained(arch, w, kwargs, state_dict_loader)
     if not bn_scale:
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            raise SuiteError(f"{arch} has no batch-norm layers, so bn_scale=false means nothing.",
-                             "Set bn_scale to true or choose an architecture with batch norm.")
-        for bn in bns:
-            freeze_bn_scale(bn)
+        freeze_all_bn_scales(model, arch)
     if w is not None and num_classes != len(w.meta["categories"]):
         replace_head(model, num_classes)
     if dropout is not None:  # None: keep the architecture's own (ImageNet checkpoints)

@@ -38,6 +38,19 @@ def freeze_bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> None:
     bn.register_buffer("weight", ones)
 
 
+def freeze_all_bn_scales(model: nn.Module, what: str) -> None:
+    """``freeze_bn_scale`` on every batch-norm layer of ``model``; a network without batch norm
+    is a user error (``bn_scale=false`` would silently mean nothing)."""
+    from suite.errors import SuiteError
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise SuiteError(f"{what} has no batch-norm layers, so bn_scale=false means nothing.",
+                         "Set bn_scale to true or choose an architecture with batch norm.")
+    for bn in bns:
+        freeze_bn_scale(bn)
+
+
 def _conv_bn_relu(c_in: int, c_out: int, stride: int, bn_scale: bool) -> nn.Sequential:
     bn = nn.BatchNorm2d(c_out)
     if not bn_scale:

@@ -48,14 +48,9 @@ def build(name: str, num_classes: int, *, bn_scale: bool = True, dropout: float 
                          "cache (HF_HOME), copy that cache here, or pass --weights-file PATH.") \
             from None
     if not bn_scale:
-        from suite.models.cnn import freeze_bn_scale
+        from suite.models.cnn import freeze_all_bn_scales
 
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            raise SuiteError(f"timm:{name} has no batch norm, so bn_scale=false means nothing.",
-                             "Set bn_scale to true.")
-        for bn in bns:
-            freeze_bn_scale(bn)
+        freeze_all_bn_scales(model, f"timm:{name}")
     return model
 
 
