@@ -188,11 +188,11 @@ def pretrain(
     from suite.progress import console
 
     if not local:
-        from suite.launch import launch_project
-        from suite.study import pretrain_params
+        from suite.launch import launch_pretrain
 
-        run_id = launch_project("pretrain", pretrain_params(cfg), study)
-        console.print(f"pretrain run {run_id} finished")
+        name, version, reused = launch_pretrain(cfg)
+        console.print(f"{'reused' if reused else 'registered'} {name} v{version} "
+                      "(MLflow Project projects/pretrain)")
         return
     from suite.pretrain import run_pretrain
 
@@ -234,11 +234,11 @@ def finetune(
     from suite.progress import console
 
     if not local:
-        from suite.launch import launch_project
-        from suite.study import finetune_params
+        from suite.launch import launch_finetune
 
-        run_id = launch_project("finetune", finetune_params(cfg), study)
-        console.print(f"{setting.value} run {run_id} finished")
+        run_id, reused = launch_finetune(cfg)
+        console.print(f"{setting.value} run {run_id} (MLflow Project projects/finetune)"
+                      f"{_REUSED if reused else ''}")
         return
     from suite.finetune import run_finetune
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from suite import tracking
+from suite.config import FinetuneConfig, PretrainConfig
 from suite.errors import SuiteError
 
 
@@ -67,3 +68,48 @@ def _param(v: object) -> str:
     if hasattr(v, "value"):
         return str(v.value)
     return str(v)
+
+
+def pretrain_params(cfg: PretrainConfig) -> dict[str, object]:
+    """MLproject parameters of projects/pretrain for a config."""
+    m = cfg.model
+    return dict(name=m.name, study=cfg.study, arch=m.arch, width=m.width, depth=m.depth,
+                bn_scale=m.bn_scale, label_smoothing=m.label_smoothing, dropout=m.dropout,
+                aux_head=m.aux_head, epochs=m.epochs, source=cfg.source,
+                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                seed=cfg.seed, registered_name=cfg.registered_name, data_root=cfg.data_root,
+                device=cfg.device, num_workers=cfg.num_workers)
+
+
+def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
+    """MLproject parameters of projects/finetune for a config."""
+    return dict(model=cfg.model_name, dataset=cfg.dataset, setting=cfg.setting,
+                version=cfg.model_version, study=cfg.study, lrs=cfg.lrs,
+                wds=cfg.weight_decays, steps=cfg.steps, batch_size=cfg.batch_size,
+                eval_every=cfg.eval_every, seed=cfg.seed, data_root=cfg.data_root,
+                device=cfg.device, num_workers=cfg.num_workers)
+
+
+def launch_pretrain(cfg: PretrainConfig) -> tuple[str, str, bool]:
+    """Pretrain as an MLflow Project unless a version with the same cell is registered;
+    returns (registered name, version, reused) like the in-process path."""
+    from suite.pretrain import pretrain_cell, registered_name_of
+
+    name, cell = registered_name_of(cfg), pretrain_cell(cfg)
+    mv = tracking.find_version_by_cell(name, cell)
+    if mv is not None:
+        return name, str(mv.version), True
+    launch_project("pretrain", pretrain_params(cfg), cfg.study)
+    return name, str(tracking.find_version_by_cell(name, cell).version), False
+
+
+def launch_finetune(cfg: FinetuneConfig) -> tuple[str, bool]:
+    """Fine-tune as an MLflow Project unless a FINISHED run with the same cell exists;
+    returns (parent run id, reused) like the in-process path."""
+    from suite.finetune import finetune_cell
+
+    version = str(tracking.get_version(cfg.model_name, cfg.model_version).version)
+    done = tracking.find_finished_run(cfg.study, finetune_cell(cfg, version))
+    if done is not None:
+        return done.info.run_id, True
+    return launch_project("finetune", finetune_params(cfg), cfg.study), False

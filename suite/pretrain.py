@@ -42,6 +42,11 @@ class PretrainResult:
     reused: bool  # True when an already registered version with the same cell was returned
 
 
+def registered_name_of(cfg: PretrainConfig) -> str:
+    """The registry name a pretraining config registers under."""
+    return cfg.registered_name or tracking.registered_name(cfg.study, cfg.model.name)
+
+
 def pretrain_cell(cfg: PretrainConfig) -> str:
     """The resume key of a pretraining config."""
     parts = {k: v for k, v in flatten(cfg).items() if k not in _NOT_IN_CELL}
@@ -51,7 +56,7 @@ def pretrain_cell(cfg: PretrainConfig) -> str:
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Train ``cfg.model`` on ``cfg.source`` for ``cfg.model.epochs`` epochs and register it
     (or return the version already registered for this exact config)."""
-    name = cfg.registered_name or tracking.registered_name(cfg.study, cfg.model.name)
+    name = registered_name_of(cfg)
     cell = pretrain_cell(cfg)
     found = tracking.find_version_by_cell(name, cell)
     if found is not None:

@@ -58,26 +58,6 @@ def make_finetune_config(cfg: StudyConfig, name: str, version: str, dataset: str
                           num_workers=cfg.num_workers)
 
 
-def pretrain_params(cfg: PretrainConfig) -> dict[str, object]:
-    """MLproject parameters of projects/pretrain for a config."""
-    m = cfg.model
-    return dict(name=m.name, study=cfg.study, arch=m.arch, width=m.width, depth=m.depth,
-                bn_scale=m.bn_scale, label_smoothing=m.label_smoothing, dropout=m.dropout,
-                aux_head=m.aux_head, epochs=m.epochs, source=cfg.source,
-                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                seed=cfg.seed, registered_name=cfg.registered_name, data_root=cfg.data_root,
-                device=cfg.device, num_workers=cfg.num_workers)
-
-
-def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
-    """MLproject parameters of projects/finetune for a config."""
-    return dict(model=cfg.model_name, dataset=cfg.dataset, setting=cfg.setting,
-                version=cfg.model_version, study=cfg.study, lrs=cfg.lrs,
-                wds=cfg.weight_decays, steps=cfg.steps, batch_size=cfg.batch_size,
-                eval_every=cfg.eval_every, seed=cfg.seed, data_root=cfg.data_root,
-                device=cfg.device, num_workers=cfg.num_workers)
-
-
 def _validate_names(cfg: StudyConfig) -> None:
     """Fail before any training on unknown datasets or architectures."""
     from suite import data, models
@@ -104,32 +84,22 @@ def _pretrain(cfg: StudyConfig, model: ModelConfig) -> tuple[str, str, bool]:
                           registered_name=name, study=cfg.name)
         return name, str(mv.version), False
     pcfg = make_pretrain_config(cfg, model)
-    name = pcfg.registered_name or tracking.registered_name(cfg.name, model.name)
     if cfg.launcher == Launcher.project:
-        mv = tracking.find_version_by_cell(name, pretrain.pretrain_cell(pcfg))
-        if mv is not None:
-            return name, str(mv.version), True
-        from suite.launch import launch_project
+        from suite.launch import launch_pretrain
 
-        launch_project("pretrain", pretrain_params(pcfg), cfg.name)
-        mv = tracking.find_version_by_cell(name, pretrain.pretrain_cell(pcfg))
-        return name, str(mv.version), False
+        return launch_pretrain(pcfg)
     res = pretrain.run_pretrain(pcfg)
     return res.registered_name, str(res.version), res.reused
 
 
 def _finetune(fcfg: FinetuneConfig, launcher: Launcher) -> bool:
     """Fine-tune (or reuse) one cell; returns reused."""
+    if launcher == Launcher.project:
+        from suite.launch import launch_finetune
+
+        return launch_finetune(fcfg)[1]
     from suite import finetune
 
-    if launcher == Launcher.project:
-        if tracking.find_finished_run(fcfg.study, finetune.finetune_cell(
-                fcfg, fcfg.model_version)) is not None:
-            return True
-        from suite.launch import launch_project
-
-        launch_project("finetune", finetune_params(fcfg), fcfg.study)
-        return False
     return finetune.run_finetune(fcfg).reused
 
 

@@ -352,7 +352,6 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     # (shift), so the bias absorbs shift @ U to start from the same function.
     ztv = torch.cat([ztr, zva])
     ytv = torch.cat([ytr, _labels(y_val, multilabel, device)])
-    del ztr
     tv = E.make_problem(ztv, ytv, k, multilabel, kernels)
     start = states[pos]
     theta = start.theta.clone()
