@@ -172,7 +172,10 @@ def pretrain(
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/pretrain as an MLflow Project."),
 ) -> None:
-    """Train a model on the source task, log it, and register it in the Model Registry."""
+    """Train a model on the source task, log it, and register it in the Model Registry.
+
+    An identical configuration already registered in the study is reused, not retrained.
+    """
     from suite.config import ModelConfig, PretrainConfig
 
     model = ModelConfig(name=name, arch=arch, width=width, depth=depth,
@@ -222,7 +225,10 @@ def finetune(
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/finetune as an MLflow Project."),
 ) -> None:
-    """Fine-tune (or train from scratch) over an lr × weight-decay grid; select on validation."""
+    """Fine-tune (or train from scratch) over an lr × weight-decay grid; select on validation.
+
+    A cell already FINISHED in the study (same model version, dataset and grid) is reused.
+    """
     from suite.config import FinetuneConfig
 
     cfg = FinetuneConfig(model_name=model, dataset=dataset, model_version=version,

@@ -1,8 +1,10 @@
 """Launching is separate from computing: run a stage as an MLflow Project.
 
 ``suite pretrain`` / ``suite finetune`` (and a study with ``launcher: project``) call
-:func:`launch_project`, which runs ``projects/<stage>/MLproject`` with ``mlflow.projects.run``.
-The project's entry point is ``python -m suite <stage> --local ...``: the same package code the
+:func:`launch_pretrain` / :func:`launch_finetune`. Each first looks the cell up in MLflow (as the
+in-process stage functions do) and, only when it is not complete, runs
+``projects/<stage>/MLproject`` through :func:`launch_project` (``mlflow.projects.run``). The
+project's entry point is ``python -m suite <stage> --local ...``: the same package code the
 in-process path calls. The launcher only passes parameters and the tracking URI.
 """
 
