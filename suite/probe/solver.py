@@ -13,8 +13,10 @@ Solvers (``ProbeBackend``):
 * ``cpu`` / ``cuda`` / ``reference`` - one algorithm (``suite.probe._engine``), which needs far
   fewer passes over the features than a plain L-BFGS sweep:
 
-  1. one eigendecomposition of the centred training Gram matrix; in its eigenbasis Böhning's
-     bound on the Hessian is diagonal, giving an ``l2``-cheap preconditioner for L-BFGS;
+  1. one eigendecomposition of the centred training Gram matrix; in its eigenbasis the
+     Kronecker-factored (K-FAC) estimate of the Hessian is diagonal, giving L-BFGS a
+     preconditioner that is exact for the penalty and costs nothing to change with ``l2`` or
+     to refresh as the fit grows confident (Böhning's bound sets the stopping tolerance);
   2. the path runs from strong to weak regularisation, warm-started, and the L-BFGS memory and
      the last gradient are carried along (curvature pairs stay exact when ``l2`` changes, so a
      neighbouring value often needs only a few evaluations);
