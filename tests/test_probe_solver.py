@@ -161,6 +161,21 @@ def test_cpu_reference_sklearn_agree(feats):
     assert close and np.median(close) <= 1.0
 
 
+def test_binary_problem_all_backends():
+    """Two classes: scikit-learn fits one binomial column; the protocol still returns two
+    softmax columns with the same predictions, and its l2 lies one grid step from ours
+    (the binomial penalty is twice the two-column softmax's, see suite.probe.backends)."""
+    f = make_features(400, 150, 150, 16, 2, seed=3, latent=4, separation=0.4)
+    cpu = S.fit_protocol(*f.as_tuple(), backend="cpu")
+    sk = S.fit_protocol(*f.as_tuple(), backend="sklearn")
+    assert sk.weight.shape == cpu.weight.shape == (16, 2) and sk.bias.shape == (2,)
+    assert abs(GRID.index(cpu.selected_l2) - GRID.index(sk.selected_l2)) <= 2
+    assert cpu.test_accuracy == pytest.approx(sk.test_accuracy, abs=2.0)
+    x = np.asarray(f.x_test, dtype=np.float64)
+    pred = (x @ sk.weight + sk.bias).argmax(1)
+    assert 100 * np.mean(pred == f.y_test) == pytest.approx(sk.test_accuracy)
+
+
 def test_mean_per_class_metric(feats):
     fit = S.fit_protocol(*feats.as_tuple(), backend="cpu", metric="mean_per_class")
     scores = feats.x_test @ fit.weight + fit.bias

@@ -16,6 +16,11 @@ Objective scales: ours is ``sum_i CE_i + (l2/2)||W||^2``.
   train+val for the refit) is already accounted for by cuML. Passing ``C = n / l2``, right for
   the raw mean-loss solver, would regularise ``n`` times too weakly here. The parity test
   against the reference backend (run where cuML is installed) pins this down.
+
+Two classes: scikit-learn and cuML fit one binomial column ``w = w_1 - w_0``, penalised
+``(l2/2)||w||^2``; our softmax keeps both columns, whose optimum has ``w_0 = -w_1``, so its
+penalty is ``(l2/4)||w||^2``. A baseline at ``l2`` is ours at ``2 l2`` (about one grid step
+apart on the paper's grid); the l2 they select on a binary dataset can differ by that step.
 """
 
 from __future__ import annotations
@@ -62,8 +67,12 @@ def _sk_model(l2: float, multilabel: bool, warm: bool):
 
 
 def _sk_scores(model, x):
-    return model.decision_function(x) if hasattr(model, "decision_function") else \
+    s = model.decision_function(x) if hasattr(model, "decision_function") else \
         model.predict_proba(x)
+    s = np.asarray(s)
+    if s.ndim == 1:  # sklearn's binary case: one score for class 1
+        s = np.stack([-s / 2, s / 2], 1)
+    return s
 
 
 def _sk_coef(model, k):
@@ -72,6 +81,13 @@ def _sk_coef(model, k):
         b = np.array([e.intercept_[0] for e in model.estimators_])
         return w, b
     return model.coef_.T, model.intercept_
+
+
+def _two_columns(w, b, multilabel: bool):
+    """A binary (one-column) model as the two softmax columns with the same argmax."""
+    if not multilabel and w.shape[1] == 1:
+        w, b = np.concatenate([-w / 2, w / 2], 1), np.concatenate([-b / 2, b / 2])
+    return w, b
 
 
 def sklearn_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, metric, k):
@@ -96,9 +112,7 @@ def sklearn_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid,
         refit = _sk_model(sel[0], multilabel, warm=False)
         refit.fit(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]))
     test_acc = metrics.score(metric, _sk_scores(refit, x_test), np.asarray(y_test))
-    w, b = _sk_coef(refit, k)
-    if not multilabel and w.shape[1] == 1:  # sklearn's binary case: one column for class 1
-        w, b = np.concatenate([-w / 2, w / 2], 1), np.concatenate([-b / 2, b / 2])
+    w, b = _two_columns(*_sk_coef(refit, k), multilabel)
     return _fit_result(sel, sweep, test_acc, w, b, list(l2_grid))
 
 
@@ -165,7 +179,8 @@ def cuml_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, me
         w = np.stack([np.asarray(m.coef_).reshape(-1) for m in mdl], 1)
         b = np.array([float(np.asarray(m.intercept_).reshape(-1)[0]) for m in mdl])
     else:
-        w, b = np.asarray(mdl.coef_).T, np.asarray(mdl.intercept_).reshape(-1)
+        w, b = _two_columns(np.asarray(mdl.coef_).T, np.asarray(mdl.intercept_).reshape(-1),
+                            multilabel)
     return _fit_result(sel, sweep, test_acc, w, b, list(l2_grid))
 
 

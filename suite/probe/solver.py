@@ -68,7 +68,7 @@ CUDA_MAX_BATCH = 8  # grid values per GEMM on a GPU (more columns, higher FLOP r
 # are unchanged for `settle` iterations; the refit (the model that is scored) converges.
 SEARCH_OPTS = E.SolveOptions(max_iter=40, tol=1e-5, ftol=1e-8, settle=3)
 REFIT_OPTS = E.SolveOptions(max_iter=300, tol=1e-7, ftol=1e-10, settle=0)
-POLISH_OPTS = E.SolveOptions(max_iter=40, tol=1e-6, ftol=1e-9, settle=0)
+POLISH_OPTS = E.SolveOptions(max_iter=60, tol=1e-7, ftol=1e-10, settle=0)
 POLISH_MARGIN = 0.5  # percentage points
 
 
