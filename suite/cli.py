@@ -99,6 +99,9 @@ def study_run(
     launcher: Optional[Launcher] = typer.Option(
         None, help="inprocess: call stages directly; project: one MLflow Project run per "
         "pretrain/fine-tune cell."),
+    data_root: Optional[str] = typer.Option(
+        None, "--data-root", help="Override the study's data root (where `suite data fetch "
+        "NAME --root R` put the datasets)."),
     skip_analysis: bool = typer.Option(False, help="Stop after the training stages."),
 ) -> None:
     """Run a study end to end: pretrain → probe → fine-tune/scratch → analysis.
@@ -115,6 +118,8 @@ def study_run(
         cfg = replace(cfg, device=device)
     if launcher:
         cfg = replace(cfg, launcher=launcher)
+    if data_root:
+        cfg = replace(cfg, data_root=str(Path(data_root).expanduser().resolve()))
     tr = _tracking()
     run_study(cfg, analysis=not skip_analysis)
     ws = f" --workspace {tr.workspace}" if tr.embedded else ""

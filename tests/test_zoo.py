@@ -88,6 +88,29 @@ def test_register_from_weights_file_round_trips(store, tmp_path, no_download):
     assert own.tags["source_top1_origin"] == "user"
 
 
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_inception_checkpoints_register_without_aux_heads(store, tmp_path, no_download, arch):
+    """torchvision's googlenet / inception_v3 builders reject aux_logits=False with weights
+    (their checkpoints hold the auxiliary heads); registration drops them after loading."""
+    torch.manual_seed(0)
+    src = torchvision.models.get_model(arch, weights=None, init_weights=False).eval()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(src.state_dict(), path)
+    mv = register_zoo(arch, weights_file=path, study="zoo-test")
+    loaded = model_from_version(mv)
+    assert not loaded.aux_logits
+    assert all(getattr(loaded, n, None) is None for n in ("aux1", "aux2", "AuxLogits"))
+    assert loaded.transform_input  # torchvision's convention for these checkpoints
+    want = {k: v for k, v in src.state_dict().items() if not k.lower().startswith("aux")}
+    got = loaded.state_dict()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v)
+    with torch.no_grad():
+        out = loaded(torch.randn(1, 3, 80, 80))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 1000)
+
+
 def test_wrong_architecture_file_names_keys(store, tmp_path, no_download):
     path = tmp_path / "wrong.pth"
     state = torchvision.models.get_model(ARCH, weights=None).state_dict()

@@ -168,9 +168,11 @@ def _build_torchvision(arch: str, num_classes: int, *, bn_scale: bool, dropout: 
         if aux_head and arch == "googlenet":
             raise SuiteError("googlenet's auxiliary heads (two, returning a 3-tuple) are not "
                              "supported.", "Use aux_head with inception_v3 or cnn.")
-        # Without weights torchvision turns aux heads on by default; make the choice explicit.
-        kwargs["aux_logits"] = aux_head
         if w is None:
+            # Without weights torchvision turns aux heads on by default; make the choice
+            # explicit. With weights its builders insist on building them (the checkpoints
+            # hold them) and reject aux_logits=False: they are dropped after loading instead.
+            kwargs["aux_logits"] = aux_head
             kwargs["init_weights"] = True
     elif aux_head:
         raise SuiteError(f"{arch} has no auxiliary classifier.",
@@ -184,6 +186,8 @@ def _build_torchvision(arch: str, num_classes: int, *, bn_scale: bool, dropout: 
                                              **kwargs)
     else:
         model = _build_pretrained(arch, w, kwargs, state_dict_loader)
+        if not aux_head:
+            _drop_aux_heads(model)
     if not bn_scale:
         freeze_all_bn_scales(model, arch)
     if w is not None and num_classes != len(w.meta["categories"]):
@@ -191,6 +195,16 @@ def _build_torchvision(arch: str, num_classes: int, *, bn_scale: bool, dropout: 
     if dropout is not None:  # None: keep the architecture's own (ImageNet checkpoints)
         set_dropout(model, dropout)
     return model
+
+
+def _drop_aux_heads(model: nn.Module) -> None:
+    """Remove the auxiliary classifiers of a pretrained googlenet / inception_v3 (what
+    torchvision's builders do when asked for ``aux_logits=False``)."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, name):
+                setattr(model, name, None)
 
 
 def _build_pretrained(arch: str, w, kwargs: dict, state_dict_loader) -> nn.Module:
