@@ -85,6 +85,26 @@ def test_objective_matches_scipy_optimum(tiny, l2, kernels):
     assert f == pytest.approx(ours, rel=1e-4)
 
 
+@pytest.mark.parametrize("multilabel", [False, True], ids=["softmax", "sigmoid"])
+def test_class_curvature_is_sum_of_p_one_minus_p(multilabel):
+    """The preconditioner's h_c = sum_i p_ic (1 - p_ic), recovered from G = P - Y."""
+    g = torch.Generator().manual_seed(0)
+    n, m, k = 50, 3, 6
+    logits = torch.randn(n, m, k, generator=g) * 3
+    if multilabel:
+        y = (torch.rand(n, k, generator=g) < 0.4).float()
+        p = torch.sigmoid(logits)
+    else:
+        y = torch.randint(0, k, (n,), generator=g)
+        p = torch.softmax(logits, -1)
+    prob = E.make_problem(torch.zeros(n, 2), y, k, multilabel, E.FUSED, s=torch.ones(2))
+    work = logits.clone()
+    kern = E.FUSED.sigmoid_bce_grad_ if multilabel else E.FUSED.softmax_xent_grad_
+    _, gbias = kern(work, y)  # work <- P - Y
+    h = E._class_curvature(prob, work, gbias)
+    torch.testing.assert_close(h, (p * (1 - p)).sum(0), rtol=1e-4, atol=1e-4)
+
+
 def test_bias_is_unregularised(feats):
     """Shifting every feature by a constant must not change the fit's predictions: the bias
     (free) absorbs it. With a penalised bias the shifted problem would differ."""

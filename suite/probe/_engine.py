@@ -203,7 +203,7 @@ def evaluate(p: Problem, theta: torch.Tensor, curv: bool = False):
 def _class_curvature(p: Problem, g: torch.Tensor, gbias: torch.Tensor) -> torch.Tensor:
     """sum_i p_ic (1 - p_ic) per (value, class) from G = P - Y (n, m, k): G - G^2 - 2 Y G."""
     n, m, k = g.shape
-    sq = g.square().sum(0)
+    sq = torch.linalg.vector_norm(g, 2, dim=0).square()  # no (n, m, k) temporary
     if p.multilabel:
         yg = torch.einsum("nk,nmk->mk", p.y, g)
     else:
