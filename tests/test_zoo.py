@@ -145,3 +145,52 @@ def test_timm_is_optional(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
     with pytest.raises(SuiteError, match=r"pip install 'suite\[timm\]'"):
         register_zoo("timm:inception_v4.tf_in1k", source_top1=80.1)
+
+
+TIMM_NAME = "mobilenetv1_100.ra4_e3600_r224_in1k"  # MobileNet v1: a paper network torchvision lacks
+
+
+def test_timm_checkpoint_registers_through_the_same_path(store, tmp_path):
+    """``timm:NAME`` from a weights file: registration, tags, load, penultimate features."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    src = timm.create_model(TIMM_NAME, pretrained=False).eval()
+    path = tmp_path / "mnv1.pth"
+    torch.save(src.state_dict(), path)
+
+    with pytest.raises(SuiteError, match="--source-top1"):
+        register_zoo(f"timm:{TIMM_NAME}", weights_file=path)
+    mv = register_zoo(f"timm:{TIMM_NAME}", weights_file=path, source_top1=72.4,
+                      study="zoo-test")
+    t = mv.tags
+    assert mv.name == f"timm-{TIMM_NAME}"
+    assert t["architecture"] == f"timm:{TIMM_NAME}" and t["source_dataset"] == "imagenet"
+    assert float(t["source_top1"]) == 72.4 and t["source_top1_origin"] == "user"
+    assert t["image_size"] == "224" and t["num_classes"] == "1000"
+    loaded = model_from_version(mv)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), src(x))
+        feats = feature_extractor(loaded)(x)
+    assert feats.shape == (2, 1024)
+    assert register_zoo(f"timm:{TIMM_NAME}", weights_file=path, source_top1=72.4,
+                        study="zoo-test").version == mv.version
+
+    wrong = tmp_path / "wrong.pth"
+    state = dict(src.state_dict())
+    state.pop("classifier.weight")
+    torch.save(state, wrong)
+    with pytest.raises(SuiteError, match="missing keys: classifier.weight"):
+        register_zoo(f"timm:{TIMM_NAME}", weights_file=wrong, source_top1=72.4)
+
+
+def test_paper_timm_names_exist():
+    """Every timm name the zoo lists for a paper network is a pretrained timm model."""
+    timm = pytest.importorskip("timm")
+    named = [p for p in PAPER_ARCHS if p.timm_name]
+    assert {p.paper_name for p in named} >= {"Inception v4", "Inception-ResNet v2",
+                                              "MobileNet v1", "NASNet-A Large"}
+    for p in named:
+        assert p.timm_name in timm.list_pretrained(p.timm_name), p.timm_name
