@@ -111,19 +111,34 @@ VOC_OBJECTS = {"000001": ["dog", "person"], "000002": ["car"], "000003": ["cat",
                "000004": ["person"], "000005": ["bird", "car"], "000006": ["dog"]}
 
 
-def fake_voc(root):
+VOC_SPLITS = {"train": ["000001", "000002"], "val": ["000003"],
+              "test": ["000004", "000005", "000006"]}
+
+
+def fake_voc(root, objects=VOC_OBJECTS, splits=VOC_SPLITS):
     base = root / "VOCdevkit" / "VOC2007"
     (base / "Annotations").mkdir(parents=True)
     (base / "ImageSets" / "Main").mkdir(parents=True)
-    for stem, objs in VOC_OBJECTS.items():
+    for stem, objs in objects.items():
         _jpg(base / "JPEGImages" / f"{stem}.jpg", int(stem))
         xml = "".join(f"<object><name>{o}</name><difficult>0</difficult></object>" for o in objs)
         (base / "Annotations" / f"{stem}.xml").write_text(
             f"<annotation><filename>{stem}.jpg</filename>{xml}</annotation>")
-    for split, stems in (("train", ["000001", "000002"]), ("val", ["000003"]),
-                         ("test", ["000004", "000005", "000006"])):
+    for split, stems in splits.items():
         (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
     return root
+
+
+def fake_voc_all_classes(root):
+    """VOC2007 with every one of the 20 classes positive in train (a probe needs that)."""
+    from suite.data.paper import VOC_CLASSES
+
+    objects, splits = {}, {"train": [], "val": [], "test": []}
+    for i, name in enumerate(VOC_CLASSES + VOC_CLASSES[:6]):
+        stem = f"{i + 1:06d}"
+        objects[stem] = [name, VOC_CLASSES[(i + 7) % 20]]
+        splits["train" if i < 20 else "val" if i < 23 else "test"].append(stem)
+    return fake_voc(root, objects, splits)
 
 
 def fake_food(root):

@@ -196,6 +196,29 @@ def test_binary_problem_all_backends():
     assert 100 * np.mean(pred == f.y_test) == pytest.approx(sk.test_accuracy)
 
 
+def test_polish_that_lowers_the_top_moves_the_selection(monkeypatch):
+    """When converging the top values lowers their validation scores below another value's,
+    that value becomes the top and is polished too (its L-BFGS memory was already dropped,
+    so it restarts from its stored weights). Validation scores are scripted."""
+    f = make_features(40, 4, 8, 6, 2, seed=0, latent=3)
+    real = S.metrics.score
+    script = [10, 50, 40, 60, 55, 30,  # sweep: the peak at position 3, stop after two drops
+              35, 45, 45,  # polishing positions 2, 3, 4 lowers them below position 1's 50
+              10, 48]  # polishing positions 0, 1: position 1 (48) is now the top
+    calls = []
+
+    def scripted(metric, scores, y):
+        calls.append(len(calls))
+        return float(script[len(calls) - 1]) if len(calls) <= len(script) else \
+            real(metric, scores, y)
+
+    monkeypatch.setattr(S.metrics, "score", scripted)
+    fit = S.fit_protocol(*f.as_tuple(), backend="cpu")
+    assert len(calls) == len(script) + 1  # + the test score
+    assert fit.selected_l2 == GRID[::-1][1] and fit.val_accuracy == 48.0
+    assert dict(fit.sweep)[GRID[::-1][3]] == 45.0
+
+
 def test_mean_per_class_metric(feats):
     fit = S.fit_protocol(*feats.as_tuple(), backend="cpu", metric="mean_per_class")
     scores = feats.x_test @ fit.weight + fit.bias

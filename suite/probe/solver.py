@@ -21,9 +21,10 @@ Solvers (``ProbeBackend``):
      the last gradient are carried along (curvature pairs stay exact when ``l2`` changes, so a
      neighbouring value often needs only a few evaluations);
   3. during the search a value stops as soon as its validation predictions have settled; the
-     best value and its two neighbours are then converged and re-scored before the selection
-     (near the peak neighbours differ by a few validation examples), and the refit of the
-     selected value converges fully;
+     best value and its neighbours within ``POLISH_MARGIN`` are then converged and re-scored
+     before the selection (near the peak neighbours differ by a few validation examples),
+     repeatedly if converging demoted the top, and the refit of the selected value converges
+     fully;
   4. the path stops early once validation accuracy has clearly turned down (``PATIENCE``
      values in a row below the best, or ``DROP_RUN`` values more than ``DROP`` points below):
      validation accuracy against log l2 is near-unimodal, so the weaker rest cannot win.
@@ -294,7 +295,8 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     order = sorted(range(len(l2_grid)), key=lambda i: -l2_grid[i])  # strong -> weak
     path = [l2_grid[i] for i in order]
     results: dict[int, float] = {}  # position on the path -> val accuracy
-    states: dict[int, E.State] = {}  # position -> solution (warm starts)
+    states: dict[int, E.State] = {}  # position -> solution + memory (warm starts, near the top)
+    thetas: dict[int, torch.Tensor] = {}  # position -> weights, every fitted value (small)
     evals = 0
     with make_progress() as progress:
         task = progress.add_task(f"probe l2 sweep ({len(path)} values)", total=len(path))
@@ -317,6 +319,7 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
                 for j, p in enumerate(chunk):
                     results[p] = metrics.score(metric, sc[:, j], yva)
                     states[p] = st if m == 1 else st.take(j)
+                    thetas[p] = states[p].theta
                 if len(states) > 1:  # keep the warm start and the best value's neighbourhood
                     top = max(results, key=lambda q: (results[q], -q))
                     keep = {chunk[-1], top - 1, top, top + 1}
@@ -335,19 +338,30 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     # Polish: the settled (not converged) fits rank values well but not to the last example,
     # and near the peak neighbours often differ by one or two validation examples. Converge
     # the best value and its neighbours, re-score them, and select among those.
-    top = max(results, key=lambda p: (results[p], -p))
     # A neighbour more than POLISH_MARGIN points (or 3 validation examples) below the top is
     # not polished: converging moves a settled fit's accuracy by a few examples, not by that.
+    # Polishing can lower the top's score below another value's; then that value is the top
+    # and is polished in turn (from its stored weights when its memory was dropped), until the
+    # top is a converged fit.
     margin = max(POLISH_MARGIN, 300.0 / max(len(yva), 1))
-    for p in (top - 1, top, top + 1):
-        if p in states and results[p] >= results[top] - margin:
+    polished: set[int] = set()
+    while True:
+        top = max(results, key=lambda p: (results[p], -p))  # ties -> stronger (earlier)
+        todo = [p for p in (top - 1, top, top + 1) if p in results and p not in polished
+                and results[p] >= results[top] - margin]
+        if not todo:
+            break
+        for p in todo:
             l2 = torch.tensor([path[p]], dtype=ztr.dtype, device=device)
-            states[p] = E.solve(train, l2, states[p].take(0), POLISH_OPTS)
+            init = states[p].take(0) if p in states else E.State(theta=thetas[p])
+            states[p] = E.solve(train, l2, init, POLISH_OPTS)
+            thetas[p] = states[p].theta
             evals += states[p].evals
             results[p] = metrics.score(metric, val_scores(states[p].theta)[:, 0].cpu().numpy(),
                                        yva)
+            polished.add(p)
     clock("polish")
-    pos = max(results, key=lambda p: (results[p], path[p]))  # ties -> stronger (earlier)
+    pos = top
     sel_l2, sel_acc = path[pos], results[pos]
 
     # Refit on train+val from the selected solution. The train+val rows are re-centred
