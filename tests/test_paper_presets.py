@@ -123,9 +123,9 @@ def test_paper_lite_runs_end_to_end(store, tmp_path, capsys, hub_cache_only):
 @pytest.mark.slow
 def test_paper_runs_end_to_end(store, tmp_path, capsys, hub_cache_only):
     """All 12 datasets (VOC2007 multi-label, mean per-class metrics, Caltech-101's 30 per
-    class, Birdsnap from a folder). The preset's three cheapest architectures keep this at a
-    few minutes on 2 cores; Inception v3 (299 px, auxiliary head dropped) is covered by the zoo
-    tests, and this test with ARCHS_PAPER_FULL passed too (about 17 minutes here)."""
+    class, Birdsnap from a folder), in about 8 minutes on 2 cores. Inception v3 (299 px,
+    auxiliary head dropped) is covered by the zoo tests; this test with ARCHS_PAPER_FULL passed
+    too, in about 17 minutes."""
     preset, versions = _run_preset("paper", ARCHS_PAPER, store, tmp_path, capsys)
     assert len(preset.models) == 9 and len(preset.datasets) == 12
     assert float(versions["resnet50"].tags["source_top1"]) == pytest.approx(76.13)
