@@ -27,7 +27,7 @@ per class (``h_c`` falls from ``n/k`` towards 0 as the classes separate), and co
 the ``(n, k)`` block to refresh: :func:`_class_curvature` gets ``h`` from ``G = P - Y`` as
 ``sum_i G - G^2 - 2 Y G``. L-BFGS uses it as ``H_0`` (rescaled by the usual
 ``s^T y / y^T H_0 y``) and learns the rest (the off-diagonal class coupling, the feature/class
-correlation the K-FAC average ignores). On the paper-sized benchmark it needs 52 full-data
+correlation the K-FAC average ignores). On the paper-sized benchmark it needs 56 full-data
 evaluations for the protocol where the data-independent bound below needed 115.
 
 **Stopping (Böhning's bound).** ``diag(p) - p p^T <= 1/2 (I - 1 1^T / k)`` bounds the Hessian by
