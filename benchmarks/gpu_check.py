@@ -50,6 +50,16 @@ def _errors(got, want) -> float:
     return float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
 
 
+def _loss_errors(fused, reference, z, target) -> dict:
+    """Differences of an in-place fused loss kernel from its reference on logits ``z``."""
+    loss_r, g_r, b_r = reference(z, target)
+    g = z.clone()
+    loss, b = fused(g, target)
+    return {"grad": _errors(g, g_r),
+            "loss_rel": float(((loss - loss_r).abs() / loss_r.abs().clamp_min(1)).max()),
+            "bias": _errors(b, b_r)}
+
+
 def check_correctness(n_full: int) -> dict:
     """Max abs/rel differences CUDA vs reference; ok=False when outside the test tolerances."""
     shapes = [(1, 1, 1), (7, 3, 1), (13, 45, 3), (100, 45, 37), (33, 2, 1000), (8, 3, 129),
@@ -61,21 +71,11 @@ def check_correctness(n_full: int) -> dict:
             z = (torch.rand((n, m, k), device="cuda", generator=gen) * 2 - 1) * scale
             y = torch.randint(0, k, (n,), device="cuda", generator=gen)
             t = (torch.rand((n, k), device="cuda", generator=gen) < 0.3).float()
-            row = {"shape": [n, m, k], "scale": scale}
-            loss_r, g_r, b_r = K.reference_softmax_xent_grad(z, y)
-            g = z.clone()
-            loss, b = K.softmax_xent_grad_(g, y)
-            row["softmax"] = {"grad": _errors(g, g_r),
-                              "loss_rel": float(((loss - loss_r).abs() /
-                                                 loss_r.abs().clamp_min(1)).max()),
-                              "bias": _errors(b, b_r)}
-            loss_r, g_r, b_r = K.reference_sigmoid_bce_grad(z, t)
-            g = z.clone()
-            loss, b = K.sigmoid_bce_grad_(g, t)
-            row["sigmoid"] = {"grad": _errors(g, g_r),
-                              "loss_rel": float(((loss - loss_r).abs() /
-                                                 loss_r.abs().clamp_min(1)).max()),
-                              "bias": _errors(b, b_r)}
+            row = {"shape": [n, m, k], "scale": scale,
+                   "softmax": _loss_errors(K.softmax_xent_grad_, K.reference_softmax_xent_grad,
+                                           z, y),
+                   "sigmoid": _loss_errors(K.sigmoid_bce_grad_, K.reference_sigmoid_bce_grad,
+                                           z, t)}
             row["argmax_equal"] = bool(torch.equal(K.argmax(z), K.reference_argmax(z)))
             good = (row["argmax_equal"] and all(
                 r["grad"] <= 2e-6 and r["loss_rel"] <= 1e-5 and r["bias"] <= 1e-5 * max(n, 1)
@@ -86,7 +86,7 @@ def check_correctness(n_full: int) -> dict:
             print(f"  {str((n, m, k)):>18} scale {scale:>4}: softmax {row['softmax']}  "
                   f"sigmoid {row['sigmoid']}  argmax equal {row['argmax_equal']}  "
                   f"{'ok' if good else 'MISMATCH'}")
-            del z, g, g_r
+            del z
     torch.cuda.empty_cache()
     return {"ok": ok, "rows": rows}
 

@@ -1,8 +1,9 @@
 """Shared fixtures: a fresh embedded MLflow store per test (copied from one template, since
-creating and migrating a SQLite store costs seconds), progress bars off."""
+creating and migrating a SQLite store costs seconds), progress bars off, single-threaded runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -60,13 +61,32 @@ def store(tmp_path, monkeypatch, fresh_store):
     tracking._CURRENT = None
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine every OpenMP
-    barrier can wait a whole scheduler slice: run such tests single-threaded."""
+@contextlib.contextmanager
+def single_thread():
+    """torch's intra-op pool and the OpenMP / BLAS pools of NumPy and scikit-learn at one
+    thread. Tiny tensors gain nothing from threads, and on a busy machine every OpenMP barrier
+    can wait a whole scheduler slice."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread():
+    """Run one test single-threaded (see :func:`single_thread`)."""
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """Run a whole module single-threaded, its module-scoped data fixtures included."""
+    with single_thread():
+        yield

@@ -95,25 +95,18 @@ def _check_argmax(shape, scale, seed, device):
 
 # ----------------------------------------------------------------------------- CPU
 
-@needs_compiled
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_softmax_xent_grad_cpu_matches_reference(shape, scale):
-    _check_softmax(shape, scale, seed=hash((shape, scale)) % 10_000, device="cpu")
+# Each kernel against its reference: (check, seed offset), the same seeds on CPU and CUDA.
+KERNEL_CHECKS = [pytest.param(_check_softmax, 0, id="softmax_xent_grad"),
+                 pytest.param(_check_sigmoid, 1, id="sigmoid_bce_grad"),
+                 pytest.param(_check_argmax, 2, id="argmax")]
 
 
 @needs_compiled
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_sigmoid_bce_grad_cpu_matches_reference(shape, scale):
-    _check_sigmoid(shape, scale, seed=hash((shape, scale)) % 10_000 + 1, device="cpu")
-
-
-@needs_compiled
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_argmax_cpu_matches_reference(shape, scale):
-    _check_argmax(shape, scale, seed=hash((shape, scale)) % 10_000 + 2, device="cpu")
+@pytest.mark.parametrize("check, salt", KERNEL_CHECKS)
+def test_cpu_kernel_matches_reference(check, salt, shape, scale):
+    check(shape, scale, seed=hash((shape, scale)) % 10_000 + salt, device="cpu")
 
 
 @needs_compiled
@@ -310,24 +303,9 @@ def test_require_cuda_messages(monkeypatch):
 @needs_cuda
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("shape", SHAPES + [(5000, 45, 100)])
-def test_softmax_xent_grad_cuda_matches_reference(shape, scale):
-    _check_softmax(shape, scale, seed=hash((shape, scale)) % 10_000, device="cuda")
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("shape", SHAPES + [(5000, 45, 100)])
-def test_sigmoid_bce_grad_cuda_matches_reference(shape, scale):
-    _check_sigmoid(shape, scale, seed=hash((shape, scale)) % 10_000 + 1, device="cuda")
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("shape", SHAPES + [(5000, 45, 100)])
-def test_argmax_cuda_matches_reference(shape, scale):
-    _check_argmax(shape, scale, seed=hash((shape, scale)) % 10_000 + 2, device="cuda")
+@pytest.mark.parametrize("check, salt", KERNEL_CHECKS)
+def test_cuda_kernel_matches_reference(check, salt, shape, scale):
+    check(shape, scale, seed=hash((shape, scale)) % 10_000 + salt, device="cuda")
 
 
 @pytest.mark.gpu

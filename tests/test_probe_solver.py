@@ -19,16 +19,8 @@ GRID = PAPER_L2_GRID
 WINDOW = GRID[28:39]  # 10 .. 1e3.5: brackets the fixture's optimum; keeps scikit-learn quick
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny problems: a second thread only adds synchronisation (and on a busy machine, much).
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # scikit-learn's OpenMP / BLAS pools too
-        yield
-    torch.set_num_threads(n)
+# Tiny problems: a second thread only adds synchronisation (and on a busy machine, much).
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,26 @@ int resolve_threads(int num_threads) {
 #endif
 }
 
+// Threads for n independent items: the requested count (0 = OpenMP's default), at most n.
+int thread_count(std::int64_t n, int num_threads) {
+  return static_cast<int>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(resolve_threads(num_threads), n)));
+}
+
+// Run body(t, i0, i1) on T threads, thread t taking the contiguous items [i0, i1) of [0, n).
+template <class Body>
+void for_each_chunk(std::int64_t n, int T, Body body) {
+#pragma omp parallel num_threads(T)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    body(t, n * t / T, n * (t + 1) / T);
+  }
+}
+
 // Rows i in [i0, i1) of the softmax kernel, all j. acc: (m, k) bias-gradient partial sums,
 // loss: (m,) partial sums; both accumulated into (the caller zeroes them).
 SUITE_CLONES
@@ -120,21 +140,13 @@ void sigmoid_rows(float* __restrict logits, const float* __restrict targets, std
 template <class Rows>
 void run_chunks(std::int64_t n, std::int64_t m, std::int64_t k, double* loss, float* grad_bias,
                 int num_threads, Rows rows) {
-  const int T = static_cast<int>(std::max<std::int64_t>(
-      1, std::min<std::int64_t>(resolve_threads(num_threads), n)));
+  const int T = thread_count(n, num_threads);
   const std::int64_t mk = m * k;
   std::vector<float> acc(static_cast<std::size_t>(T) * mk, 0.0f);    // (T, m, k)
   std::vector<double> part(static_cast<std::size_t>(T) * m, 0.0);    // (T, m)
-#pragma omp parallel num_threads(T)
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
-    const std::int64_t i0 = n * t / T, i1 = n * (t + 1) / T;
+  for_each_chunk(n, T, [&](int t, std::int64_t i0, std::int64_t i1) {
     rows(i0, i1, acc.data() + t * mk, part.data() + t * m);
-  }
+  });
   for (std::int64_t j = 0; j < m; ++j) {
     double s = 0.0;
     for (int t = 0; t < T; ++t) s += part[t * m + j];
@@ -196,17 +208,10 @@ void sigmoid_bce_grad(float* logits, const float* targets, std::int64_t n, std::
 void argmax(const float* logits, std::int64_t n, std::int64_t m, std::int64_t k,
             std::int64_t* out, int num_threads) {
   const std::int64_t rows = n * m;
-  const int T = static_cast<int>(std::max<std::int64_t>(
-      1, std::min<std::int64_t>(resolve_threads(num_threads), rows)));
-#pragma omp parallel num_threads(T)
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
-    argmax_rows(logits, rows * t / T, rows * (t + 1) / T, k, out);
-  }
+  for_each_chunk(rows, thread_count(rows, num_threads),
+                 [&](int, std::int64_t r0, std::int64_t r1) {
+                   argmax_rows(logits, r0, r1, k, out);
+                 });
 }
 
 }  // namespace cpu
