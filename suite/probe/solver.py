@@ -295,8 +295,9 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     order = sorted(range(len(l2_grid)), key=lambda i: -l2_grid[i])  # strong -> weak
     path = [l2_grid[i] for i in order]
     results: dict[int, float] = {}  # position on the path -> val accuracy
-    states: dict[int, E.State] = {}  # position -> solution + memory (warm starts, near the top)
-    thetas: dict[int, torch.Tensor] = {}  # position -> weights, every fitted value (small)
+    # position -> solution of every fitted value; the L-BFGS memory and gradient only for the
+    # warm start and the best value's neighbourhood (the rest keep their weights alone)
+    states: dict[int, E.State] = {}
     evals = 0
     with make_progress() as progress:
         task = progress.add_task(f"probe l2 sweep ({len(path)} values)", total=len(path))
@@ -319,12 +320,11 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
                 for j, p in enumerate(chunk):
                     results[p] = metrics.score(metric, sc[:, j], yva)
                     states[p] = st if m == 1 else st.take(j)
-                    thetas[p] = states[p].theta
-                if len(states) > 1:  # keep the warm start and the best value's neighbourhood
-                    top = max(results, key=lambda q: (results[q], -q))
-                    keep = {chunk[-1], top - 1, top, top + 1}
-                    for q in [q for q in states if q not in keep]:
-                        del states[q]
+                top = max(results, key=lambda q: (results[q], -q))
+                keep = {chunk[-1], top - 1, top, top + 1}
+                for q in states:
+                    if q not in keep and states[q].gl is not None:
+                        states[q] = E.State(theta=states[q].theta)
                 progress.advance(task, m)
             return st
 
@@ -341,7 +341,7 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
     # A neighbour more than POLISH_MARGIN points (or 3 validation examples) below the top is
     # not polished: converging moves a settled fit's accuracy by a few examples, not by that.
     # Polishing can lower the top's score below another value's; then that value is the top
-    # and is polished in turn (from its stored weights when its memory was dropped), until the
+    # and is polished in turn (from its weights alone when its memory was dropped), until the
     # top is a converged fit.
     margin = max(POLISH_MARGIN, 300.0 / max(len(yva), 1))
     polished: set[int] = set()
@@ -353,9 +353,7 @@ def engine_protocol(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid, 
             break
         for p in todo:
             l2 = torch.tensor([path[p]], dtype=ztr.dtype, device=device)
-            init = states[p].take(0) if p in states else E.State(theta=thetas[p])
-            states[p] = E.solve(train, l2, init, POLISH_OPTS)
-            thetas[p] = states[p].theta
+            states[p] = E.solve(train, l2, states[p].take(0), POLISH_OPTS)
             evals += states[p].evals
             results[p] = metrics.score(metric, val_scores(states[p].theta)[:, 0].cpu().numpy(),
                                        yva)
