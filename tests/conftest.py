@@ -90,3 +90,24 @@ def one_thread_module():
     """Run a whole module single-threaded, its module-scoped data fixtures included."""
     with single_thread():
         yield
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache (TORCH_HOME under tmp_path). torchvision's weights loader
+    reads files placed there; a cache miss fails as on an offline machine (no download)."""
+    import urllib.error
+    from pathlib import Path
+
+    import torch
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    real_load = tv_api.load_state_dict_from_url
+
+    def cache_only(url, *a, **k):
+        if not (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).exists():
+            raise urllib.error.URLError("offline")
+        return real_load(url, *a, **k)
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", cache_only)

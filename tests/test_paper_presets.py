@@ -8,7 +8,6 @@ steps, a batch of four, CPU); everything else is the preset as shipped."""
 from __future__ import annotations
 
 import os
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -34,22 +33,6 @@ ARCHS_PAPER = ("googlenet", "resnet50", "mobilenet_v2")
 ARCHS_PAPER_FULL = ("inception_v3", "densenet121", "mobilenet_v2")
 FEATURE_DIM = {"googlenet": 1024, "inception_v3": 2048, "resnet50": 2048, "densenet121": 1024,
                "mobilenet_v2": 1280}
-
-
-@pytest.fixture
-def hub_cache_only(tmp_path, monkeypatch):
-    """An empty torch hub cache; torchvision's loader reads it, and a miss fails like offline."""
-    import torchvision.models._api as tv_api
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    real_load = tv_api.load_state_dict_from_url
-
-    def cache_only(url, *a, **k):
-        if not (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).exists():
-            raise urllib.error.URLError("offline")
-        return real_load(url, *a, **k)
-
-    monkeypatch.setattr(tv_api, "load_state_dict_from_url", cache_only)
 
 
 def _cache_random_weights(cfg) -> dict[str, str]:
@@ -107,7 +90,7 @@ def _run_preset(preset_name: str, archs: tuple[str, ...], store, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_paper_lite_runs_end_to_end(store, tmp_path, capsys, hub_cache_only):
+def test_paper_lite_runs_end_to_end(store, tmp_path, capsys, offline_hub):
     archs = ("googlenet", "resnet50", "mobilenet_v2")  # Inception v1, ResNet-50, MobileNet v2
     preset, versions = _run_preset("paper-lite", archs, store, tmp_path, capsys)
     assert [m.arch for m in preset.models] == ["googlenet", "resnet50", "resnet101",
@@ -121,7 +104,7 @@ def test_paper_lite_runs_end_to_end(store, tmp_path, capsys, hub_cache_only):
 
 
 @pytest.mark.slow
-def test_paper_runs_end_to_end(store, tmp_path, capsys, hub_cache_only):
+def test_paper_runs_end_to_end(store, tmp_path, capsys, offline_hub):
     """All 12 datasets (VOC2007 multi-label, mean per-class metrics, Caltech-101's 30 per
     class, Birdsnap from a folder), in about 8 minutes on 2 cores. Inception v3 (299 px,
     auxiliary head dropped) is covered by the zoo tests; this test with ARCHS_PAPER_FULL passed

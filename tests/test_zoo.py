@@ -1,10 +1,8 @@
 """suite.models.zoo: the ImageNet checkpoint table and registration from a local weights file
 into a temporary MLflow store. Nothing is downloaded: weights files are written by the tests
-and the download function is replaced by one that fails."""
+and a download fails as on an offline machine (the offline_hub fixture)."""
 
 from __future__ import annotations
-
-import urllib.error
 
 import pytest
 import torch
@@ -16,19 +14,6 @@ from suite.models import feature_extractor, model_from_version
 from suite.models.zoo import PAPER_ARCHS, list_zoo, register_zoo
 
 ARCH = "mobilenet_v3_small"  # the smallest torchvision network with a classifier dropout
-
-
-@pytest.fixture
-def no_download(monkeypatch, tmp_path):
-    """An empty torch hub cache and a download that fails like an offline machine."""
-    import torchvision.models._api as tv_api
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-    def offline(url, *a, **k):
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
 
 
 def test_list_zoo_rows():
@@ -56,7 +41,7 @@ def test_list_zoo_rows():
     assert v4["timm_name"] and v4["name"] == f"timm:{v4['timm_name']}"
 
 
-def test_register_from_weights_file_round_trips(store, tmp_path, no_download):
+def test_register_from_weights_file_round_trips(store, tmp_path, offline_hub):
     torch.manual_seed(0)
     src = torchvision.models.get_model(ARCH, weights=None).eval()
     path = tmp_path / "ckpt.pth"
@@ -89,7 +74,7 @@ def test_register_from_weights_file_round_trips(store, tmp_path, no_download):
 
 
 @pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
-def test_inception_checkpoints_register_without_aux_heads(store, tmp_path, no_download, arch):
+def test_inception_checkpoints_register_without_aux_heads(store, tmp_path, offline_hub, arch):
     """torchvision's googlenet / inception_v3 builders reject aux_logits=False with weights
     (their checkpoints hold the auxiliary heads); registration drops them after loading."""
     torch.manual_seed(0)
@@ -111,7 +96,7 @@ def test_inception_checkpoints_register_without_aux_heads(store, tmp_path, no_do
     assert isinstance(out, torch.Tensor) and out.shape == (1, 1000)
 
 
-def test_wrong_architecture_file_names_keys(store, tmp_path, no_download):
+def test_wrong_architecture_file_names_keys(store, tmp_path, offline_hub):
     path = tmp_path / "wrong.pth"
     state = torchvision.models.get_model(ARCH, weights=None).state_dict()
     state.pop("classifier.3.weight")
@@ -124,7 +109,7 @@ def test_wrong_architecture_file_names_keys(store, tmp_path, no_download):
     assert "unexpected keys: extra.weight" in msg
 
 
-def test_missing_weights_say_where_to_put_them(store, no_download):
+def test_missing_weights_say_where_to_put_them(store, offline_hub):
     with pytest.raises(SuiteError) as e:
         register_zoo("resnet18")
     msg = str(e.value)
