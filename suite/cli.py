@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import click
 import typer
@@ -152,11 +152,24 @@ def study_list() -> None:
 # stages
 
 
+# Options shared by the stage commands (one declaration, one help text).
+StudyOpt = Annotated[str, typer.Option(help="Study (= MLflow experiment).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed (splits, initialisation, batches).")]
+DataRootOpt = Annotated[str, typer.Option(
+    help="Root of on-disk datasets (where `suite data fetch NAME --root R` put them).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers for on-disk datasets.")]
+ModelArg = Annotated[str, typer.Argument(help="Registered model name.")]
+DatasetArg = Annotated[str, typer.Argument(
+    help="Target dataset (suite data list) or folder:PATH.")]
+VersionOpt = Annotated[str, typer.Option(help="Model version, alias, or 'latest'.")]
+
+
 @app.command()
 def pretrain(
     name: str = typer.Option(..., help="Model name; registered as <study>-<name> unless "
                              "--registered-name is given."),
-    study: str = typer.Option("default", help="Study (= MLflow experiment)."),
+    study: StudyOpt = "default",
     arch: str = typer.Option("cnn", help="'cnn' or a torchvision architecture (suite zoo list)."),
     width: int = typer.Option(16, help="cnn: channels of the first stage."),
     depth: int = typer.Option(1, help="cnn: conv blocks per stage."),
@@ -169,11 +182,11 @@ def pretrain(
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.1, help="Peak SGD learning rate (Nesterov, cosine decay)."),
     weight_decay: float = typer.Option(5e-4),
-    seed: int = typer.Option(0),
+    seed: SeedOpt = 0,
     registered_name: str = typer.Option("", help="Registry name (default <study>-<name>)."),
-    data_root: str = typer.Option("", help="Root of on-disk datasets."),
-    device: str = typer.Option("auto"),
-    num_workers: int = typer.Option(0, help="DataLoader workers for on-disk datasets."),
+    data_root: DataRootOpt = "",
+    device: DeviceOpt = "auto",
+    num_workers: WorkersOpt = 0,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/pretrain as an MLflow Project."),
 ) -> None:
@@ -212,21 +225,21 @@ def pretrain(
 
 @app.command()
 def finetune(
-    model: str = typer.Argument(..., help="Registered model name."),
-    dataset: str = typer.Argument(..., help="Target dataset (suite data list) or folder:PATH."),
+    model: ModelArg,
+    dataset: DatasetArg,
     setting: Setting = typer.Option(Setting.finetune, help="finetune: from the checkpoint; "
                                     "scratch: same architecture from random init."),
-    version: str = typer.Option("latest", help="Model version, alias, or 'latest'."),
-    study: str = typer.Option("default"),
+    version: VersionOpt = "latest",
+    study: StudyOpt = "default",
     lrs: str = typer.Option("0.01,0.1", help="Learning-rate grid, comma-separated."),
     wds: str = typer.Option("0.0001", help="Weight-decay grid, comma-separated."),
     steps: int = typer.Option(300, help="Optimisation steps per grid point."),
     batch_size: int = typer.Option(64),
     eval_every: int = typer.Option(50, help="Steps between validation evaluations."),
-    seed: int = typer.Option(0),
-    data_root: str = typer.Option(""),
-    device: str = typer.Option("auto"),
-    num_workers: int = typer.Option(0),
+    seed: SeedOpt = 0,
+    data_root: DataRootOpt = "",
+    device: DeviceOpt = "auto",
+    num_workers: WorkersOpt = 0,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/finetune as an MLflow Project."),
 ) -> None:
@@ -261,18 +274,18 @@ def finetune(
 
 @app.command()
 def probe(
-    model: str = typer.Argument(..., help="Registered model name."),
-    dataset: str = typer.Argument(..., help="Target dataset (suite data list) or folder:PATH."),
-    version: str = typer.Option("latest", help="Model version, alias, or 'latest'."),
-    study: str = typer.Option("default"),
+    model: ModelArg,
+    dataset: DatasetArg,
+    version: VersionOpt = "latest",
+    study: StudyOpt = "default",
     backend: ProbeBackend = typer.Option(ProbeBackend.auto, help="Solver backend."),
     val_fraction: float = typer.Option(0.2, help="Held out of train when the dataset has no "
                                        "validation split."),
-    seed: int = typer.Option(0),
-    data_root: str = typer.Option(""),
-    device: str = typer.Option("auto"),
+    seed: SeedOpt = 0,
+    data_root: DataRootOpt = "",
+    device: DeviceOpt = "auto",
     batch_size: int = typer.Option(256, help="Feature-extraction batch size."),
-    num_workers: int = typer.Option(0),
+    num_workers: WorkersOpt = 0,
 ) -> None:
     """Fixed-feature logistic regression over the paper's 45 l2 values (cached features)."""
     from suite.config import ProbeConfig
