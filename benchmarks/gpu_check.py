@@ -8,6 +8,9 @@ For a machine with an NVIDIA GPU; it has not been run on the CPU-only developmen
    (n = 50,000 by default, smaller if memory is short), timed with CUDA events (median of
    repetitions), next to the GEMM X @ W of the same evaluation for scale.
 3. The full probe protocol through suite.probe.bench.run_bench, when that module exists.
+4. Feature extraction (suite.features.bench_features): ResNet-50 bf16 extraction against its
+   bare forward, JPEG decode rates (PIL, torchvision CPU, nvJPEG), and extraction from JPEG files
+   with each decoder (pil / torchvision in the DataLoader workers, device = nvJPEG).
 
 Prints the card name and all numbers; with $OUT set, writes $OUT/gpu_check.json. Exits 1 when a
 CUDA result disagrees with its reference.
@@ -169,11 +172,28 @@ def run_probe_bench(out: Path | None) -> dict:
     return summary
 
 
+def run_features_bench(arch: str, n_files: int) -> dict:
+    """suite.features.bench_features on CUDA (see benchmarks/features.md for the fields)."""
+    from suite.features import bench_features
+
+    t0 = time.perf_counter()
+    try:
+        res = bench_features(arch, batch_size=256, n_images=2048, device="cuda", n_jpeg=256,
+                             n_files=n_files)
+    except Exception as e:  # report and go on, as for the probe bench
+        return {"error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000, help="examples in the timed block")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--skip-probe", action="store_true", help="skip the full-protocol bench")
+    ap.add_argument("--skip-features", action="store_true", help="skip the extraction bench")
+    ap.add_argument("--features-arch", default="resnet50")
+    ap.add_argument("--n-files", type=int, default=2048, help="JPEG files for the decoders")
     args = ap.parse_args(argv)
 
     K.require_cuda()
@@ -209,6 +229,14 @@ def main(argv=None) -> int:
         print("full probe protocol (suite.probe.bench.run_bench):")
         report["probe_bench"] = run_probe_bench(out)
         print(f"  {report['probe_bench']}")
+
+    if args.skip_features:
+        report["features_bench"] = {"skipped": "--skip-features"}
+    else:
+        print(f"feature extraction ({args.features_arch}, suite.features.bench_features):")
+        report["features_bench"] = run_features_bench(args.features_arch, args.n_files)
+        for key, val in report["features_bench"].items():
+            print(f"  {key}: {val:.4g}" if isinstance(val, float) else f"  {key}: {val}")
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 # scikit-build-core, cmake and ninja, and no access to PyPI (hence --no-build-isolation). It has
 # not been run on the CPU-only development machine, where the CUDA kernels are only compiled.
 #
-#   bash benchmarks/gpu_check.sh [--skip-probe] [--n 50000]
+#   bash benchmarks/gpu_check.sh [--skip-probe] [--skip-features] [--n 50000] [--n-files 2048]
 #
 # Prints the card name and every number; with $OUT set, writes $OUT/gpu_check.json,
 # $OUT/gpu_check.log, $OUT/build.log and $OUT/pytest_gpu.log there. Exits non-zero when the
@@ -34,7 +34,8 @@ echo "build seconds: $(( $(date +%s) - start ))" | log build.log
 # The gpu-marked tests (CUDA vs reference over many shapes), when pytest is installed.
 rc=0
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
-  "$PY" -m pytest tests/test_kernels.py -q -m gpu -p no:cacheprovider 2>&1 | log pytest_gpu.log \
+  "$PY" -m pytest tests/test_kernels.py tests/test_features.py tests/test_decode.py -q -m gpu \
+    -p no:cacheprovider 2>&1 | log pytest_gpu.log \
     || rc=1
 fi
 

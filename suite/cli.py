@@ -17,7 +17,7 @@ from typing import Annotated, List, Optional
 import click
 import typer
 
-from suite.config import Launcher, ProbeBackend, Setting
+from suite.config import Decoder, Launcher, ProbeBackend, Setting
 from suite.errors import EXIT_USER_ERROR, SuiteError
 
 app = typer.Typer(
@@ -158,7 +158,8 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed (splits, initialisation,
 DataRootOpt = Annotated[str, typer.Option(
     help="Root of on-disk datasets (where `suite data fetch NAME --root R` put them).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers for on-disk datasets.")]
+WorkersOpt = Annotated[int, typer.Option(
+    help="DataLoader workers for on-disk datasets; -1: one per CPU core but one (at most 16).")]
 ModelArg = Annotated[str, typer.Argument(help="Registered model name.")]
 DatasetArg = Annotated[str, typer.Argument(
     help="Target dataset (suite data list) or folder:PATH.")]
@@ -186,7 +187,7 @@ def pretrain(
     registered_name: str = typer.Option("", help="Registry name (default <study>-<name>)."),
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
-    num_workers: WorkersOpt = 0,
+    num_workers: WorkersOpt = -1,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/pretrain as an MLflow Project."),
 ) -> None:
@@ -239,7 +240,7 @@ def finetune(
     seed: SeedOpt = 0,
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
-    num_workers: WorkersOpt = 0,
+    num_workers: WorkersOpt = -1,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/finetune as an MLflow Project."),
 ) -> None:
@@ -285,7 +286,11 @@ def probe(
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
     batch_size: int = typer.Option(256, help="Feature-extraction batch size."),
-    num_workers: WorkersOpt = 0,
+    num_workers: WorkersOpt = -1,
+    decode: Decoder = typer.Option(
+        Decoder.auto, help="Where extraction decodes JPEGs: pil or torchvision in the workers, "
+        "or device (batched nvJPEG on CUDA); auto = device on CUDA when the model's transform "
+        "takes tensors, else pil."),
 ) -> None:
     """Fixed-feature logistic regression over the paper's 45 l2 values (cached features)."""
     from suite.config import ProbeConfig
@@ -294,7 +299,8 @@ def probe(
 
     cfg = ProbeConfig(model_name=model, dataset=dataset, model_version=version, backend=backend,
                       val_fraction=val_fraction, seed=seed, study=study, data_root=data_root,
-                      device=device, batch_size=batch_size, num_workers=num_workers)
+                      device=device, batch_size=batch_size, num_workers=num_workers,
+                      decode=decode)
     _tracking()
     res = run_probe(cfg)
     console.print(f"logistic {model} on {dataset}: test {res.test_accuracy:.2f}% "
@@ -468,6 +474,10 @@ def bench_features(
     batch_size: int = typer.Option(64),
     n_images: int = typer.Option(512),
     device: str = typer.Option("auto"),
+    n_files: int = typer.Option(
+        0, help="Also extract from this many JPEG files on disk with each decoder (pil, "
+        "torchvision, device); 0 skips it."),
+    num_workers: WorkersOpt = -1,
 ) -> None:
     """Extraction images/s vs pure forward throughput, and JPEG decode throughput."""
     import json
@@ -475,7 +485,8 @@ def bench_features(
     from suite.features import bench_features as _bench
     from suite.progress import resolve_device
 
-    res = _bench(arch, batch_size=batch_size, n_images=n_images, device=resolve_device(device))
+    res = _bench(arch, batch_size=batch_size, n_images=n_images, device=resolve_device(device),
+                 n_files=n_files, num_workers=num_workers)
     typer.echo(json.dumps(res, indent=2, default=str))
 
 

@@ -42,6 +42,15 @@ class ProbeBackend(str, enum.Enum):
     sklearn = "sklearn"  # scikit-learn lbfgs, warm-started along the grid
 
 
+class Decoder(str, enum.Enum):
+    """Where feature extraction decodes the JPEGs of on-disk datasets (suite.data.decode)."""
+
+    auto = "auto"  # device on CUDA with a tensor-capable transform, else pil
+    pil = "pil"  # PIL in the DataLoader workers (the reference; what training uses)
+    torchvision = "torchvision"  # torchvision.io in the workers, tensor transforms
+    device = "device"  # batched on the extraction device (nvJPEG on CUDA)
+
+
 class Launcher(str, enum.Enum):
     """How a study runs its pretrain/fine-tune cells."""
 
@@ -84,7 +93,7 @@ class PretrainConfig:
     study: str = "default"  # experiment name (one experiment per study)
     data_root: str = ""  # root of on-disk datasets; "" for the built-in synthetic ones
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    num_workers: int = 0  # DataLoader workers for on-disk datasets
+    num_workers: int = -1  # DataLoader workers for on-disk datasets; -1 = sized to the machine
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ class FinetuneConfig:
     study: str = "default"
     data_root: str = ""
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int = -1
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,8 @@ class ProbeConfig:
     data_root: str = ""
     device: str = "auto"
     batch_size: int = 256  # feature-extraction batch
-    num_workers: int = 0
+    num_workers: int = -1
+    decode: Decoder = Decoder.auto  # where JPEGs are decoded for extraction
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,7 @@ class StudyConfig:
     pretrain_lr: float = 0.1
     pretrain_weight_decay: float = 5e-4
     probe_backend: ProbeBackend = ProbeBackend.auto
+    decode: Decoder = Decoder.auto  # where the probes' feature extraction decodes JPEGs
     l2_grid: tuple[float, ...] = PAPER_L2_GRID
     finetune: GridOptions = GridOptions()
     scratch: GridOptions = GridOptions(steps=300, lrs=(0.03, 0.1))
@@ -172,7 +183,7 @@ class StudyConfig:
     data_root: str = ""
     device: str = "auto"
     launcher: Launcher = Launcher.inprocess
-    num_workers: int = 0
+    num_workers: int = -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +363,7 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "PAPER_L2_GRID", "Setting", "ProbeBackend", "Launcher", "ModelConfig", "PretrainConfig",
+    "PAPER_L2_GRID", "Setting", "ProbeBackend", "Decoder", "Launcher", "ModelConfig", "PretrainConfig",
     "FinetuneConfig", "ProbeConfig", "GridOptions", "AnalysisConfig", "StudyConfig", "flatten",
     "from_dict", "load_study", "validate_study", "study_to_yaml", "list_presets", "replace",
     "field",

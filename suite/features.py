@@ -12,9 +12,11 @@ cannot be read back (truncated by a full disk, edited, ...) is recomputed.
 Extraction runs the model in eval mode under ``torch.inference_mode``, batched; on CUDA with
 bf16 autocast and channels_last (features are returned as float32), on CPU in fp32. Images get
 the model's own preprocessing: on-disk datasets are decoded and transformed by
-:func:`suite.models.preprocessing`; the synthetic sets are generated normalised at 32×32, so a
-network registered at another input size (an ImageNet checkpoint: 224) gets them resized on the
-device, batch by batch.
+:func:`suite.models.preprocessing`, in DataLoader workers or, for JPEGs on CUDA, batched on the
+GPU (``decode``, :mod:`suite.data.decode`); the synthetic sets are generated normalised at
+32×32, so a network registered at another input size (an ImageNet checkpoint: 224) gets them
+resized on the device, batch by batch. The cache's ``meta`` records which decoder ran; it is not
+part of the cache key (the decoders agree to rounding).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -125,10 +127,14 @@ def prepare_extractor(model: nn.Module, device: torch.device) -> nn.Module:
 
 def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device, *,
                   image_size: int | None = None, total: int | None = None,
-                  description: str = "features") -> tuple[np.ndarray, np.ndarray]:
+                  description: str = "features",
+                  decode: Callable[[Any], torch.Tensor] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every batch: (x (n, D) float32, y (n,) or (n, k)).
 
     ``image_size``: resize (bilinear, antialiased) batches of another size to it on the device.
+    ``decode``: maps each batch's images to a float tensor on ``device`` (the ``device`` JPEG
+    decoder, :class:`suite.data.decode.DeviceDecoder`); None: the images are a tensor already.
     """
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
@@ -136,7 +142,10 @@ def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device,
     with make_progress() as bar, torch.inference_mode(), _autocast(device):
         task = bar.add_task(description, total=total)
         for images, labels in batches:
-            images = images.to(device, non_blocking=non_blocking)
+            if decode is not None:
+                images = decode(images)
+            else:
+                images = images.to(device, non_blocking=non_blocking)
             if image_size and tuple(images.shape[-2:]) != (image_size, image_size):
                 images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
                                        align_corners=False, antialias=True)
@@ -196,20 +205,19 @@ def _load_model(mv) -> nn.Module:
     return _LOADED[1]
 
 
-def _default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
-
-
 def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto",
-            batch_size: int = 256, num_workers: int | None = None, seed: int = DEFAULT_SEED,
-            val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int = 256, num_workers: int = -1, seed: int = DEFAULT_SEED,
+            val_fraction: float = DEFAULT_VAL_FRACTION,
+            decode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features of registered version ``mv`` on one split of ``dataset``:
     (x (n, D) float32, y (n,) int64 or (n, k) float32). Cached (see the module docstring).
 
-    ``num_workers``: DataLoader workers for on-disk datasets (None: min(8, CPUs)); in-memory
-    synthetic sets are batched by tensor indexing without workers.
+    ``num_workers``: DataLoader workers for on-disk datasets (-1: sized to the machine,
+    :func:`suite.data.loader.resolve_workers`); in-memory synthetic sets are batched by tensor
+    indexing without workers. ``decode``: where JPEGs are decoded (:mod:`suite.data.decode`).
     """
     from suite import data
+    from suite.data.decode import decoding_loader, resolve_decoder
 
     path = cache_path(mv.name, mv.version, dataset, split, seed=seed, val_fraction=val_fraction)
     meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
@@ -223,12 +231,13 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
     transform, resize_to = input_plan(mv, info)
     ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
                          val_fraction=val_fraction)
-    workers = 0 if isinstance(ds, data.TensorImageDataset) else (
-        _default_workers() if num_workers is None else num_workers)
-    loader = data.make_loader(ds, batch_size, shuffle=False, seed=seed, num_workers=workers)
+    meta["decode"] = decoder = resolve_decoder(decode, ds, device)  # provenance, not a key
+    loader, batch_decode = decoding_loader(ds, decoder, batch_size, device=device, seed=seed,
+                                           num_workers=num_workers)
     extractor = prepare_extractor(_load_model(mv), device)  # a copy: the kept one is intact
     x, y = run_extractor(extractor, loader, device, image_size=resize_to, total=len(loader),
-                         description=f"features {mv.name} v{mv.version} {dataset}/{split}")
+                         description=f"features {mv.name} v{mv.version} {dataset}/{split}",
+                         decode=batch_decode)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
         raise SuiteError(
@@ -271,11 +280,16 @@ def _jpeg_bytes(n: int, height: int = 375, width: int = 500, seed: int = 0) -> l
     return out
 
 
-def bench_jpeg(n_images: int = 64, device: torch.device | None = None) -> dict[str, float]:
+def bench_jpeg(n_images: int = 64, device: torch.device | None = None,
+               transform: Callable | None = None) -> dict[str, float]:
     """JPEG decode throughput (images/s): PIL, torchvision.io.decode_jpeg on CPU, and on the
-    GPU (nvJPEG, batched) when ``device`` is CUDA."""
+    GPU (nvJPEG, batched) when ``device`` is CUDA. With a tensor-capable ``transform``, also
+    the whole per-image pipeline on one thread (decode, then the transform) with PIL and with
+    torchvision.io: what one DataLoader worker does per image."""
     from PIL import Image
     from torchvision.io import decode_jpeg
+
+    from suite.data.decode import as_tensor, tensor_capable
 
     files = _jpeg_bytes(n_images)
     res: dict[str, float] = {}
@@ -283,11 +297,25 @@ def bench_jpeg(n_images: int = 64, device: torch.device | None = None) -> dict[s
     for b in files:
         np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
     res["jpeg_pil_images_per_s"] = _rate(n_images, time.perf_counter() - t)
-    datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in files]
+    datas = [as_tensor(b) for b in files]
     t = time.perf_counter()
     for d in datas:
         decode_jpeg(d)
     res["jpeg_torchvision_cpu_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+    if transform is not None and tensor_capable(transform):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        try:
+            t = time.perf_counter()
+            for b in files:
+                transform(Image.open(io.BytesIO(b)).convert("RGB"))
+            res["pipeline_pil_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+            t = time.perf_counter()
+            for d in datas:
+                transform(decode_jpeg(d))
+            res["pipeline_torchvision_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+        finally:
+            torch.set_num_threads(threads)
     if device is not None and device.type == "cuda":
         decode_jpeg(datas[:2], device=device)  # warm-up (nvJPEG handle)
         _sync(device)
@@ -298,15 +326,51 @@ def bench_jpeg(n_images: int = 64, device: torch.device | None = None) -> dict[s
     return res
 
 
+def bench_files(extractor: nn.Module, transform, device: torch.device, *, n_files: int,
+                batch_size: int, num_workers: int = -1) -> dict[str, float]:
+    """Extraction from ``n_files`` JPEG files on disk (about 500×375, written to a temporary
+    folder) with each decoder that applies (:mod:`suite.data.decode`): images/s through the
+    same loader and :func:`run_extractor` path :func:`extract` takes. The DataLoader workers
+    are started (one batch) before the clock starts."""
+    from suite.data.decode import decoding_loader, tensor_capable
+    from suite.data.files import FileListDataset
+    from suite.data.loader import resolve_workers
+
+    res: dict[str, float] = {"files_n": n_files, "files_workers": resolve_workers(num_workers)}
+    decoders = ("pil", "torchvision", "device") if tensor_capable(transform) else ("pil",)
+    with tempfile.TemporaryDirectory(prefix="suite-bench-") as tmp:
+        samples = []
+        for i, b in enumerate(_jpeg_bytes(n_files, seed=1)):
+            path = Path(tmp) / f"{i:05d}.jpg"
+            path.write_bytes(b)
+            samples.append((str(path), 0))
+        ds = FileListDataset(samples, ["x"], transform)
+        for decoder in decoders:
+            loader, batch_decode = decoding_loader(ds, decoder, batch_size, device=device,
+                                                   num_workers=num_workers)
+            images, labels = next(iter(loader))  # start the workers; warm the decoder
+            run_extractor(extractor, [(images, labels)], device, decode=batch_decode)
+            _sync(device)
+            t = time.perf_counter()
+            run_extractor(extractor, loader, device, total=len(loader), decode=batch_decode,
+                          description=f"files ({decoder})")
+            _sync(device)
+            res[f"files_{decoder}_images_per_s"] = _rate(n_files, time.perf_counter() - t)
+            del loader  # stop its workers before the next decoder's start
+    return res
+
+
 def bench_features(arch: str = "resnet18", batch_size: int = 64, n_images: int = 512,
                    device: Any = "auto", image_size: int | None = None,
-                   n_jpeg: int = 64) -> dict[str, Any]:
+                   n_jpeg: int = 64, n_files: int = 0,
+                   num_workers: int = -1) -> dict[str, Any]:
     """Extraction throughput through :func:`run_extractor` (decoded images in memory, the path
     :func:`extract` takes) vs the bare forward of the same extractor on the same batches,
-    plus JPEG decode throughput. Random weights (no download).
+    plus JPEG decode throughput; with ``n_files``, extraction from that many JPEG files with
+    each decoder (:func:`bench_files`). Random weights (no download).
 
-    The gap between the two is the extraction overhead (batching, transfer, resize, copy back);
-    on a GPU the JPEG decode rate says whether on-disk datasets are decode-bound.
+    The gap between the first two is the extraction overhead (batching, transfer, resize, copy
+    back); the file rates against the forward say whether on-disk datasets are decode-bound.
     """
     from suite.data import TensorImageDataset, make_loader
     from suite.models import CNN, build_model, preprocessing
@@ -348,9 +412,15 @@ def bench_features(arch: str = "resnet18", batch_size: int = 64, n_images: int =
         "extract_overhead": extract_s / forward_s - 1.0 if forward_s > 0 else float("nan"),
         "threads": torch.get_num_threads(),
     }
-    res.update(bench_jpeg(n_jpeg, device))
+    transform = preprocessing(arch)[0]
+    res.update(bench_jpeg(n_jpeg, device, transform))
+    if n_files:
+        res.update(bench_files(extractor, transform, device, n_files=n_files,
+                               batch_size=batch_size, num_workers=num_workers))
+        for k in [k for k in res if k.startswith("files_") and k.endswith("_images_per_s")]:
+            res[k.replace("_images_per_s", "_vs_forward")] = res[k] / res["forward_images_per_s"]
     return res
 
 
-__all__ = ["bench_features", "bench_jpeg", "cache_path", "extract", "prepare_extractor",
+__all__ = ["bench_features", "bench_files", "bench_jpeg", "cache_path", "extract", "prepare_extractor",
            "run_extractor"]

@@ -44,7 +44,7 @@ def make_probe_config(cfg: StudyConfig, name: str, version: str, dataset: str) -
     return ProbeConfig(model_name=name, model_version=version, dataset=dataset,
                        backend=cfg.probe_backend, l2_grid=cfg.l2_grid, seed=cfg.seed,
                        study=cfg.name, data_root=cfg.data_root, device=cfg.device,
-                       num_workers=cfg.num_workers)
+                       num_workers=cfg.num_workers, decode=cfg.decode)
 
 
 def make_finetune_config(cfg: StudyConfig, name: str, version: str, dataset: str,

@@ -89,7 +89,7 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
         optimizer, lambda s: cosine_factor(s, total_steps, w))
 
 
-def cycle_batches(dataset, batch_size: int, *, seed: int = 0, num_workers: int = 0,
+def cycle_batches(dataset, batch_size: int, *, seed: int = 0, num_workers: int = -1,
                   start_epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled training batches, epoch ``e`` shuffled with ``seed + e``.
 
@@ -217,7 +217,7 @@ def evaluate(model: nn.Module, loader: Iterable, metric: str, device: torch.devi
     return metrics.score(metric, scores, y)
 
 
-def eval_loader(dataset, batch_size: int = 256, num_workers: int = 0):
+def eval_loader(dataset, batch_size: int = 256, num_workers: int = -1):
     """A deterministic (unshuffled) loader for evaluation."""
     from suite.data import make_loader
 

@@ -141,11 +141,20 @@ def test_holdout_splits_get_their_own_file(store):
 
 
 def test_bench_features_runs():
-    res = features.bench_features("cnn", batch_size=8, n_images=16, device="cpu", n_jpeg=4)
+    res = features.bench_features("cnn", batch_size=8, n_images=16, device="cpu", n_jpeg=4,
+                                  n_files=8, num_workers=0)
     assert res["feature_dim"] == 64 and res["image_size"] == 32
     for k in ("forward_images_per_s", "extract_images_per_s", "jpeg_pil_images_per_s",
-              "jpeg_torchvision_cpu_images_per_s"):
+              "jpeg_torchvision_cpu_images_per_s", "files_pil_images_per_s",
+              "files_pil_vs_forward"):
         assert res[k] > 0
+    # The small CNN's transform takes PIL images only: no tensor decoders, no pipeline rates.
+    assert "files_device_images_per_s" not in res and "pipeline_pil_images_per_s" not in res
+
+
+def test_bench_jpeg_pipeline_rates():
+    res = features.bench_jpeg(4, None, models.preprocessing("resnet18")[0])
+    assert res["pipeline_pil_images_per_s"] > 0 and res["pipeline_torchvision_images_per_s"] > 0
 
 
 @pytest.mark.gpu

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import torch
@@ -56,18 +57,40 @@ class TensorLoader:
             yield self._transform(self.dataset.images[idx]), self.dataset.labels[idx]
 
 
-def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                drop_last: bool = False):
+AUTO_WORKERS = -1  # num_workers value meaning "sized to this machine" (resolve_workers)
+MAX_AUTO_WORKERS = 16
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (the affinity mask: a container's or a job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(num_workers: int) -> int:
+    """DataLoader worker processes: ``num_workers`` when >= 0; a negative value (the default,
+    :data:`AUTO_WORKERS`) means one per available core but one (the main process feeds the
+    device), at most :data:`MAX_AUTO_WORKERS`, and none on a single core."""
+    if num_workers >= 0:
+        return int(num_workers)
+    return max(0, min(MAX_AUTO_WORKERS, available_cpus() - 1))
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
+                num_workers: int = AUTO_WORKERS, drop_last: bool = False, collate_fn=None):
     """Iterable of (images, labels) batches; deterministic order for a seed.
 
     In-memory :class:`TensorImageDataset` -> :class:`TensorLoader` (no DataLoader, no workers);
-    anything else -> ``torch.utils.data.DataLoader`` with a seeded generator, ``pin_memory`` when
-    CUDA is available.
+    anything else -> ``torch.utils.data.DataLoader`` with a seeded generator,
+    :func:`resolve_workers` worker processes, ``pin_memory`` when CUDA is available.
     """
     if isinstance(dataset, TensorImageDataset):
         return TensorLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     g = torch.Generator().manual_seed(seed)
+    workers = resolve_workers(num_workers)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers,
         drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0)
+        persistent_workers=workers > 0, collate_fn=collate_fn)

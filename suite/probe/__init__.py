@@ -34,7 +34,7 @@ def probe_cell(cfg: ProbeConfig, model_name: str, version: str) -> str:
     """What defines a probe result (resume key): everything but where/how fast it runs."""
     params = flatten(cfg)
     for k in ("device", "data_root", "num_workers", "batch_size", "study", "model_version",
-              "backend"):
+              "backend", "decode"):
         params.pop(k, None)
     return tracking.cell_key(stage="probe", model=model_name, version=version, **params)
 
@@ -69,7 +69,7 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
             xs[split] = features.extract(
                 mv, info.name, split, root=cfg.data_root, device=device,
                 batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
-                val_fraction=cfg.val_fraction)
+                val_fraction=cfg.val_fraction, decode=cfg.decode.value)
         extract_s = time.perf_counter() - t0
         fit = fit_protocol(*xs["train"], *xs["val"], *xs["test"], l2_grid=cfg.l2_grid,
                            backend=cfg.backend, metric=info.metric, device=device)
