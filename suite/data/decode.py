@@ -100,8 +100,8 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-class TensorDecoded(torch.utils.data.Dataset):
-    """``torchvision``: items (transform(decode_rgb(file)), target) of a FileListDataset."""
+class _FilesView(torch.utils.data.Dataset):
+    """The samples of a FileListDataset, read another way (subclasses define the items)."""
 
     def __init__(self, files: FileListDataset):
         self.files = files
@@ -109,12 +109,16 @@ class TensorDecoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+
+class TensorDecoded(_FilesView):
+    """``torchvision``: items (transform(decode_rgb(file)), target) of a FileListDataset."""
+
     def __getitem__(self, i: int):
         path, target = self.files.samples[i]
         return self.files.transform(decode_rgb(as_tensor(read_bytes(path)), path)), target
 
 
-class Encoded(torch.utils.data.Dataset):
+class Encoded(_FilesView):
     """``device``: items (payload, target, path) of a FileListDataset, where the payload is the
     JPEG file's ``bytes``, or the decoded (3, H, W) uint8 image of any other format.
 
@@ -123,12 +127,6 @@ class Encoded(torch.utils.data.Dataset):
     ``read_file`` tensors cannot be shared at all (the worker's pickling fails with EBADF and
     the DataLoader waits forever).
     """
-
-    def __init__(self, files: FileListDataset):
-        self.files = files
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, i: int):
         path, target = self.files.samples[i]
