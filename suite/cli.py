@@ -103,6 +103,9 @@ def study_run(
         None, "--data-root", help="Override the study's data root (where `suite data fetch "
         "NAME --root R` put the datasets)."),
     skip_analysis: bool = typer.Option(False, help="Stop after the training stages."),
+    skip_corrupt: bool = typer.Option(
+        False, "--skip-corrupt", help="Every stage leaves out unreadable image files (listed "
+        "in each run's skipped_images/ artifact) instead of failing on the first one."),
 ) -> None:
     """Run a study end to end: pretrain → probe → fine-tune/scratch → analysis.
 
@@ -120,6 +123,8 @@ def study_run(
         cfg = replace(cfg, launcher=launcher)
     if data_root:
         cfg = replace(cfg, data_root=str(Path(data_root).expanduser().resolve()))
+    if skip_corrupt:
+        cfg = replace(cfg, skip_corrupt=True)
     tr = _tracking()
     run_study(cfg, analysis=not skip_analysis)
     ws = f" --workspace {tr.workspace}" if tr.embedded else ""
@@ -160,6 +165,11 @@ DataRootOpt = Annotated[str, typer.Option(
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 WorkersOpt = Annotated[int, typer.Option(
     help="DataLoader workers for on-disk datasets; -1: one per CPU core but one (at most 16).")]
+SkipCorruptOpt = Annotated[bool, typer.Option(
+    "--skip-corrupt/--no-skip-corrupt",
+    help="Check every image file first and leave out the unreadable ones, listed in the log "
+    "and in the run's skipped_images/ artifact; by default an unreadable image is an error "
+    "naming it.")]
 ModelArg = Annotated[str, typer.Argument(help="Registered model name.")]
 DatasetArg = Annotated[str, typer.Argument(
     help="Target dataset (suite data list) or folder:PATH.")]
@@ -188,6 +198,7 @@ def pretrain(
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
     num_workers: WorkersOpt = -1,
+    skip_corrupt: SkipCorruptOpt = False,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/pretrain as an MLflow Project."),
 ) -> None:
@@ -205,7 +216,7 @@ def pretrain(
     cfg = PretrainConfig(model=model, source=source, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, seed=seed, registered_name=registered_name,
                          study=study, data_root=data_root, device=device,
-                         num_workers=num_workers)
+                         num_workers=num_workers, skip_corrupt=skip_corrupt)
     _tracking()
     from suite.progress import console
 
@@ -241,6 +252,7 @@ def finetune(
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
     num_workers: WorkersOpt = -1,
+    skip_corrupt: SkipCorruptOpt = False,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/finetune as an MLflow Project."),
 ) -> None:
@@ -254,7 +266,8 @@ def finetune(
                          setting=setting, lrs=_floats(lrs, "--lrs"),
                          weight_decays=_floats(wds, "--wds"), steps=steps,
                          batch_size=batch_size, eval_every=eval_every, seed=seed, study=study,
-                         data_root=data_root, device=device, num_workers=num_workers)
+                         data_root=data_root, device=device, num_workers=num_workers,
+                         skip_corrupt=skip_corrupt)
     _tracking()
     from suite.progress import console
 
@@ -291,6 +304,7 @@ def probe(
         Decoder.auto, help="Where extraction decodes JPEGs: pil or torchvision in the workers, "
         "or device (batched nvJPEG on CUDA); auto = device on CUDA when the model's transform "
         "takes tensors, else pil."),
+    skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
     """Fixed-feature logistic regression over the paper's 45 l2 values (cached features)."""
     from suite.config import ProbeConfig
@@ -300,7 +314,7 @@ def probe(
     cfg = ProbeConfig(model_name=model, dataset=dataset, model_version=version, backend=backend,
                       val_fraction=val_fraction, seed=seed, study=study, data_root=data_root,
                       device=device, batch_size=batch_size, num_workers=num_workers,
-                      decode=decode)
+                      decode=decode, skip_corrupt=skip_corrupt)
     _tracking()
     res = run_probe(cfg)
     console.print(f"logistic {model} on {dataset}: test {res.test_accuracy:.2f}% "

@@ -94,6 +94,7 @@ class PretrainConfig:
     data_root: str = ""  # root of on-disk datasets; "" for the built-in synthetic ones
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     num_workers: int = -1  # DataLoader workers for on-disk datasets; -1 = sized to the machine
+    skip_corrupt: bool = False  # drop unreadable images (listed in the run) instead of failing
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class FinetuneConfig:
     data_root: str = ""
     device: str = "auto"
     num_workers: int = -1
+    skip_corrupt: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class ProbeConfig:
     batch_size: int = 256  # feature-extraction batch
     num_workers: int = -1
     decode: Decoder = Decoder.auto  # where JPEGs are decoded for extraction
+    skip_corrupt: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class StudyConfig:
     device: str = "auto"
     launcher: Launcher = Launcher.inprocess
     num_workers: int = -1
+    skip_corrupt: bool = False  # every stage drops unreadable images instead of failing
 
 
 # ---------------------------------------------------------------------------------------------

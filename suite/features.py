@@ -100,6 +100,8 @@ def _read_cache(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if stored.get("model_source") != meta["model_source"]:
         return None  # same name and version number, different checkpoint (another store)
+    if stored.get("skipped", []) != meta["skipped"]:
+        return None  # computed without files now readable, or with files now skipped
     return x, y
 
 
@@ -207,30 +209,42 @@ def _load_model(mv) -> nn.Module:
 
 def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto",
             batch_size: int = 256, num_workers: int = -1, seed: int = DEFAULT_SEED,
-            val_fraction: float = DEFAULT_VAL_FRACTION,
-            decode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+            val_fraction: float = DEFAULT_VAL_FRACTION, decode: str = "auto",
+            skip_corrupt: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features of registered version ``mv`` on one split of ``dataset``:
     (x (n, D) float32, y (n,) int64 or (n, k) float32). Cached (see the module docstring).
 
     ``num_workers``: DataLoader workers for on-disk datasets (-1: sized to the machine,
     :func:`suite.data.loader.resolve_workers`); in-memory synthetic sets are batched by tensor
     indexing without workers. ``decode``: where JPEGs are decoded (:mod:`suite.data.decode`).
+    ``skip_corrupt``: check every file first and leave the unreadable ones out (they are
+    logged); the cache records which, and is only reused for the same list.
     """
     from suite import data
     from suite.data.decode import decoding_loader, resolve_decoder
+    from suite.data.files import log_skipped
 
     path = cache_path(mv.name, mv.version, dataset, split, seed=seed, val_fraction=val_fraction)
     meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
-            "dataset": dataset, "split": split, "seed": seed, "val_fraction": val_fraction}
+            "dataset": dataset, "split": split, "seed": seed, "val_fraction": val_fraction,
+            "skipped": []}
+    ds = None
+    if skip_corrupt:  # the files must be checked before the cache can be trusted
+        info = data.get_info(dataset, root)
+        transform, resize_to = input_plan(mv, info)
+        ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
+                             val_fraction=val_fraction, skip_corrupt=True)
+        meta["skipped"] = log_skipped([ds], f"{dataset}-{split}")
     cached = _read_cache(path, meta)
     if cached is not None:
         return cached
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    info = data.get_info(dataset, root)
-    transform, resize_to = input_plan(mv, info)
-    ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
-                         val_fraction=val_fraction)
+    if ds is None:
+        info = data.get_info(dataset, root)
+        transform, resize_to = input_plan(mv, info)
+        ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
+                             val_fraction=val_fraction)
     meta["decode"] = decoder = resolve_decoder(decode, ds, device)  # provenance, not a key
     loader, batch_decode = decoding_loader(ds, decoder, batch_size, device=device, seed=seed,
                                            num_workers=num_workers)
@@ -422,5 +436,5 @@ def bench_features(arch: str = "resnet18", batch_size: int = 64, n_images: int =
     return res
 
 
-__all__ = ["bench_features", "bench_files", "bench_jpeg", "cache_path", "extract", "prepare_extractor",
-           "run_extractor"]
+__all__ = ["bench_features", "bench_files", "bench_jpeg", "cache_path", "extract",
+           "prepare_extractor", "run_extractor"]

@@ -44,6 +44,7 @@ import torch
 
 from suite import tracking
 from suite.config import FinetuneConfig, Setting
+from suite.data.files import log_skipped
 from suite.errors import SuiteError
 from suite.progress import make_progress, resolve_device
 from suite.train import (AUX_WEIGHT, cosine_schedule, cycle_batches, eval_loader, evaluate,
@@ -85,7 +86,7 @@ def finetune_cell(cfg: FinetuneConfig, version: str) -> str:
         stage="finetune", setting=Setting(cfg.setting).value, model=cfg.model_name,
         model_version=str(version), dataset=cfg.dataset, lrs=list(cfg.lrs),
         weight_decays=list(cfg.weight_decays), steps=cfg.steps, batch_size=cfg.batch_size,
-        seed=cfg.seed)
+        seed=cfg.seed, **({"skip_corrupt": True} if cfg.skip_corrupt else {}))
 
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
@@ -123,6 +124,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if os.environ.get("MLFLOW_RUN_ID") == parent.info.run_id:
             del os.environ["MLFLOW_RUN_ID"]
         tracking.log_config(cfg)
+        log_skipped([data.train, data.val_loader.dataset, data.test_loader.dataset],
+                    cfg.dataset)
         points = []
         with make_progress() as bar:
             task = bar.add_task(run_name, total=len(grid) * cfg.steps)
@@ -175,16 +178,13 @@ def _load_data(cfg: FinetuneConfig, mv) -> _Data:
             f"Dataset {cfg.dataset!r} has {info.num_classes} class(es); fine-tuning a classifier "
             "needs at least 2.", "Use a dataset with two or more classes.")
     transform, resize_to = input_plan(mv, info)
-    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed)
-    return _Data(
-        info=info,
-        train=load_split(cfg.dataset, "train", **split),
-        val_loader=eval_loader(load_split(cfg.dataset, "val", **split),
-                               num_workers=cfg.num_workers),
-        test_loader=eval_loader(load_split(cfg.dataset, "test", **split),
-                                num_workers=cfg.num_workers),
-        resize_to=resize_to,
-    )
+    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed,
+                 skip_corrupt=cfg.skip_corrupt)
+    train, val, test = (load_split(cfg.dataset, s, **split) for s in ("train", "val", "test"))
+    return _Data(info=info, train=train,
+                 val_loader=eval_loader(val, num_workers=cfg.num_workers),
+                 test_loader=eval_loader(test, num_workers=cfg.num_workers),
+                 resize_to=resize_to)
 
 
 class _Resized(torch.nn.Module):

@@ -72,6 +72,13 @@ def _param(v: object) -> str:
     return str(v)
 
 
+def _flag(name: str, on: bool) -> str:
+    """A boolean flag of the CLI as an MLproject parameter: ``--name`` or ``--no-name``. Its
+    parameter is named ``<option>_flag``, so that the run's ``<option>`` param stays the
+    config's True/False, as in-process."""
+    return f"--{name}" if on else f"--no-{name}"
+
+
 def pretrain_params(cfg: PretrainConfig) -> dict[str, object]:
     """MLproject parameters of projects/pretrain for a config."""
     m = cfg.model
@@ -80,7 +87,8 @@ def pretrain_params(cfg: PretrainConfig) -> dict[str, object]:
                 aux_head=m.aux_head, epochs=m.epochs, source=cfg.source,
                 batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                 seed=cfg.seed, registered_name=cfg.registered_name, data_root=cfg.data_root,
-                device=cfg.device, num_workers=cfg.num_workers)
+                device=cfg.device, num_workers=cfg.num_workers,
+                skip_corrupt_flag=_flag("skip-corrupt", cfg.skip_corrupt))
 
 
 def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
@@ -89,7 +97,8 @@ def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
                 version=cfg.model_version, study=cfg.study, lrs=cfg.lrs,
                 wds=cfg.weight_decays, steps=cfg.steps, batch_size=cfg.batch_size,
                 eval_every=cfg.eval_every, seed=cfg.seed, data_root=cfg.data_root,
-                device=cfg.device, num_workers=cfg.num_workers)
+                device=cfg.device, num_workers=cfg.num_workers,
+                skip_corrupt_flag=_flag("skip-corrupt", cfg.skip_corrupt))
 
 
 def launch_pretrain(cfg: PretrainConfig) -> tuple[str, str, bool]:

@@ -50,6 +50,8 @@ def registered_name_of(cfg: PretrainConfig) -> str:
 def pretrain_cell(cfg: PretrainConfig) -> str:
     """The resume key of a pretraining config."""
     parts = {k: v for k, v in flatten(cfg).items() if k not in _NOT_IN_CELL}
+    if not parts.get("skip_corrupt"):
+        parts.pop("skip_corrupt", None)  # the cells of runs made before the option existed
     return tracking.cell_key(stage="pretrain", **parts)
 
 
@@ -91,6 +93,7 @@ def _train(cfg: PretrainConfig):
     import mlflow
 
     from suite.data import get_info, load_split
+    from suite.data.files import log_skipped
     from suite.models import build_model, preprocessing
 
     m = cfg.model
@@ -105,10 +108,12 @@ def _train(cfg: PretrainConfig):
     transform = None
     if info.kind != "synthetic":
         transform, _ = preprocessing(m.arch)
-    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed)
-    train = load_split(cfg.source, "train", **split)
-    val_loader = eval_loader(load_split(cfg.source, "val", **split), num_workers=cfg.num_workers)
-    test_loader = eval_loader(load_split(cfg.source, "test", **split), num_workers=cfg.num_workers)
+    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed,
+                 skip_corrupt=cfg.skip_corrupt)
+    train, val, test = (load_split(cfg.source, s, **split) for s in ("train", "val", "test"))
+    log_skipped([train, val, test], cfg.source)
+    val_loader = eval_loader(val, num_workers=cfg.num_workers)
+    test_loader = eval_loader(test, num_workers=cfg.num_workers)
     image_size = int(train[0][0].shape[-1])
 
     torch.manual_seed(cfg.seed)  # weight init and dropout masks follow the seed

@@ -37,14 +37,16 @@ def make_pretrain_config(cfg: StudyConfig, model: ModelConfig) -> PretrainConfig
     return PretrainConfig(model=model, source=cfg.source, batch_size=cfg.pretrain_batch_size,
                           lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay,
                           seed=cfg.seed, study=cfg.name, data_root=cfg.data_root,
-                          device=cfg.device, num_workers=cfg.num_workers)
+                          device=cfg.device, num_workers=cfg.num_workers,
+                          skip_corrupt=cfg.skip_corrupt)
 
 
 def make_probe_config(cfg: StudyConfig, name: str, version: str, dataset: str) -> ProbeConfig:
     return ProbeConfig(model_name=name, model_version=version, dataset=dataset,
                        backend=cfg.probe_backend, l2_grid=cfg.l2_grid, seed=cfg.seed,
                        study=cfg.name, data_root=cfg.data_root, device=cfg.device,
-                       num_workers=cfg.num_workers, decode=cfg.decode)
+                       num_workers=cfg.num_workers, decode=cfg.decode,
+                       skip_corrupt=cfg.skip_corrupt)
 
 
 def make_finetune_config(cfg: StudyConfig, name: str, version: str, dataset: str,
@@ -55,7 +57,7 @@ def make_finetune_config(cfg: StudyConfig, name: str, version: str, dataset: str
                           steps=grid.steps, batch_size=grid.batch_size,
                           eval_every=grid.eval_every, seed=cfg.seed, study=cfg.name,
                           data_root=cfg.data_root, device=cfg.device,
-                          num_workers=cfg.num_workers)
+                          num_workers=cfg.num_workers, skip_corrupt=cfg.skip_corrupt)
 
 
 def _validate_names(cfg: StudyConfig) -> None:

@@ -88,7 +88,8 @@ def test_cli_launches_mlflow_projects(store, capsys):
     assert mv.tags["bn_scale"] in ("False", "false")
     assert main(["-w", ws, "finetune", "proj-p", "synth-shapes", "--study", "proj",
                  "--lrs", "0.05", "--steps", "4", "--eval-every", "2", "--setting",
-                 "scratch"]) == 0
+                 "scratch", "--skip-corrupt"]) == 0
     parents = tracking.search_runs("proj", stage="finetune")
     assert len(parents) == 1 and parents[0].data.tags["suite.setting"] == "scratch"
+    assert parents[0].data.params["skip_corrupt"] == "True"  # the flag crossed the MLproject
     assert "test_accuracy" in parents[0].data.metrics

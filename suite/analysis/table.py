@@ -40,8 +40,8 @@ CHOICES = tracking.VTAG_CHOICES  # bn_scale, label_smoothing, dropout, aux_head
 DESIGN = ("architecture", "width", "depth") + CHOICES  # what makes two checkpoints differ
 # Pretrain params that do not make two recipes differ (names, places, resources) or that are
 # the training choices themselves; the rest (epochs, lr, source, seed, ...) is the "recipe".
-RECIPE_IGNORE = {"model.name", "registered_name", "study", "device", "num_workers",
-                 "data_root"} | {f"model.{c}" for c in CHOICES}
+RECIPE_IGNORE = {"model.name", "registered_name", "study", "device", "num_workers", "data_root",
+                 "skip_corrupt", "skip_corrupt_flag"} | {f"model.{c}" for c in CHOICES}
 OPTIONAL = ("registered_name", "version") + DESIGN + ("recipe", "run_id")
 KNOWN_SETTINGS = ("logistic", "finetune", "scratch")
 # Values of a training choice that mean "the choice is off" (the baseline of a pair).

@@ -222,5 +222,6 @@ def decoding_loader(dataset, decoder: str, batch_size: int, *, device: torch.dev
                        num_workers=num_workers), None
 
 
-__all__ = ["DECODERS", "DeviceDecoder", "Encoded", "EncodedBatch", "TensorDecoded",
-           "as_tensor", "collate_encoded", "decode_rgb", "decoding_loader", "read_bytes", "resolve_decoder", "tensor_capable"]
+__all__ = ["DECODERS", "DeviceDecoder", "Encoded", "EncodedBatch", "TensorDecoded", "as_tensor",
+           "collate_encoded", "decode_rgb", "decoding_loader", "read_bytes", "resolve_decoder",
+           "tensor_capable"]

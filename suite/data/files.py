@@ -140,6 +140,28 @@ def drop_corrupt(samples: list[tuple[str, object]], skip_corrupt: bool
     return [s for s in samples if str(s[0]) not in bad_set], bad
 
 
+def log_skipped(datasets: Sequence, what: str) -> list[str]:
+    """Report the corrupt files ``skip_corrupt`` dropped from ``datasets`` (their ``skipped``):
+    a console line, and inside an active MLflow run the full list as the artifact
+    ``skipped_images/<what>.txt`` (a folder: dataset by its folder's name). Returns the sorted
+    paths (none: nothing is logged)."""
+    paths = sorted({str(p) for ds in datasets for p in getattr(ds, "skipped", ())})
+    if not paths:
+        return paths
+    import mlflow
+
+    from suite.progress import console
+
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    console.log(f"[yellow]--skip-corrupt: skipped {len(paths)} unreadable image(s) of {what}: "
+                f"{shown}[/yellow]")
+    if mlflow.active_run() is not None:
+        base = what.rstrip("/").rsplit("/", 1)[-1]  # folder:/a/b/tree -> tree
+        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in base)
+        mlflow.log_text("\n".join(paths) + "\n", f"skipped_images/{name}.txt")
+    return paths
+
+
 def count_files(folder, exts: tuple[str, ...] = ()) -> int:
     """Number of files under ``folder`` (recursively), optionally only with these extensions."""
     n = 0

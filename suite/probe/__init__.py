@@ -36,6 +36,8 @@ def probe_cell(cfg: ProbeConfig, model_name: str, version: str) -> str:
     for k in ("device", "data_root", "num_workers", "batch_size", "study", "model_version",
               "backend", "decode"):
         params.pop(k, None)
+    if not params.get("skip_corrupt"):
+        params.pop("skip_corrupt", None)  # the cells of runs made before the option existed
     return tracking.cell_key(stage="probe", model=model_name, version=version, **params)
 
 
@@ -69,7 +71,8 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
             xs[split] = features.extract(
                 mv, info.name, split, root=cfg.data_root, device=device,
                 batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
-                val_fraction=cfg.val_fraction, decode=cfg.decode.value)
+                val_fraction=cfg.val_fraction, decode=cfg.decode.value,
+                skip_corrupt=cfg.skip_corrupt)
         extract_s = time.perf_counter() - t0
         fit = fit_protocol(*xs["train"], *xs["val"], *xs["test"], l2_grid=cfg.l2_grid,
                            backend=cfg.backend, metric=info.metric, device=device)
