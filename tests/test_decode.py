@@ -126,6 +126,7 @@ def test_device_decoder_falls_back_image_by_image(files, monkeypatch):
     batch, _ = decode.collate_encoded([enc[i] for i in range(len(files))])
     torch.testing.assert_close(dec(batch), ref_x, rtol=0, atol=0)
     assert dec.cpu_fallbacks == len(files) - 1  # every JPEG; the PNG was decoded in the worker
+    assert dec.warned  # a whole batch went to the CPU: said once
 
 
 @pytest.mark.parametrize("decoder", ["torchvision", "device"])

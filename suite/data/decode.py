@@ -168,6 +168,7 @@ class DeviceDecoder:
         self.transform = transform
         self.device = torch.device(device)
         self.cpu_fallbacks = 0  # JPEGs the device decoder rejected (decoded on the CPU instead)
+        self.warned = False
 
     def _decode_one(self, data: torch.Tensor, path: str) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -196,7 +197,15 @@ class DeviceDecoder:
                 out = decode_jpeg(list(jpeg.values()), mode=ImageReadMode.RGB,
                                   device=self.device)
             except RuntimeError:
+                before = self.cpu_fallbacks
                 out = [self._decode_one(data, batch.paths[i]) for i, data in jpeg.items()]
+                if self.cpu_fallbacks - before == len(jpeg) and not self.warned:
+                    self.warned = True  # the device decoder rejects everything: say so once
+                    from suite.progress import console
+
+                    console.log(f"[yellow]The {self.device} JPEG decoder rejected a whole batch; "
+                                "its images were decoded on the CPU in the main process, which "
+                                "is slow. If this repeats, extract with --decode pil.[/yellow]")
             for i, image in zip(jpeg, out):
                 images[i] = image
         return images  # type: ignore[return-value]
