@@ -109,6 +109,11 @@ def _read_cache(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray] | None:
 # extraction
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -127,6 +132,40 @@ def prepare_extractor(model: nn.Module, device: torch.device) -> nn.Module:
     return fe
 
 
+def _device_batches(batches: Iterable, device: torch.device,
+                    decode: Callable[[Any], torch.Tensor] | None) -> Iterable:
+    """(images on ``device``, labels) of every batch.
+
+    On CUDA, batch i + 1 is copied on a side stream before batch i is handed out, so the
+    host-to-device transfer overlaps the forward of the batch before it (the compute stream
+    waits for each copy, and ``record_stream`` keeps the allocator from reusing a batch's memory
+    while the forward still reads it). ``decode`` (the ``device`` JPEG decoder) does its own
+    transfer: its batches are compressed bytes.
+    """
+    if decode is not None or device.type != "cuda":
+        for images, labels in batches:
+            yield (decode(images) if decode is not None else images.to(device)), labels
+        return
+    copy_stream = torch.cuda.Stream(device)
+    compute = torch.cuda.current_stream(device)
+
+    def issue(batch):
+        images, labels = batch
+        with torch.cuda.stream(copy_stream):
+            return images.to(device, non_blocking=True), labels
+
+    it = iter(batches)
+    first = next(it, None)
+    pending = issue(first) if first is not None else None
+    while pending is not None:
+        compute.wait_stream(copy_stream)
+        images, labels = pending
+        images.record_stream(compute)
+        following = next(it, None)
+        pending = issue(following) if following is not None else None
+        yield images, labels
+
+
 def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device, *,
                   image_size: int | None = None, total: int | None = None,
                   description: str = "features",
@@ -137,28 +176,29 @@ def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device,
     ``image_size``: resize (bilinear, antialiased) batches of another size to it on the device.
     ``decode``: maps each batch's images to a float tensor on ``device`` (the ``device`` JPEG
     decoder, :class:`suite.data.decode.DeviceDecoder`); None: the images are a tensor already.
+
+    On CUDA nothing waits for the GPU inside the loop: inputs are copied ahead on a side stream
+    (:func:`_device_batches`) and features come back by asynchronous copies into pinned host
+    memory, with one synchronisation at the end before they are read.
     """
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
-    non_blocking = device.type == "cuda"
+    cuda = device.type == "cuda"
     with make_progress() as bar, torch.inference_mode(), _autocast(device):
         task = bar.add_task(description, total=total)
-        for images, labels in batches:
-            if decode is not None:
-                images = decode(images)
-            else:
-                images = images.to(device, non_blocking=non_blocking)
+        for images, labels in _device_batches(batches, device, decode):
             if image_size and tuple(images.shape[-2:]) != (image_size, image_size):
                 images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
                                        align_corners=False, antialias=True)
-            if device.type == "cuda":
+            if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
             feats = extractor(images)
             if isinstance(feats, (tuple, list)):  # defensive: never the aux output
                 feats = feats[0]
-            xs.append(feats.float().flatten(1).cpu())
+            xs.append(feats.float().flatten(1).to("cpu", non_blocking=cuda))
             ys.append(torch.as_tensor(labels))
             bar.advance(task)
+        _sync(device)  # the asynchronous copies back must land before x is read
     if not xs:
         raise SuiteError("The dataset split is empty; there is nothing to extract.",
                          "Check the dataset (suite data list).")
@@ -265,11 +305,6 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
 
 # ---------------------------------------------------------------------------------------------
 # benchmark
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(n: int, seconds: float) -> float:
