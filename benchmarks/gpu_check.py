@@ -147,6 +147,17 @@ def time_kernels(n: int, reps: int) -> dict:
     return res
 
 
+def _guarded(fn, **kwargs) -> dict:
+    """``fn(**kwargs)``, timed: {"result", "seconds"}, or {"error", "seconds"} when it raises. A
+    failing bench is reported and the check goes on: the kernel numbers stand on their own."""
+    t0 = time.perf_counter()
+    try:
+        result = fn(**kwargs)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
+    return {"result": result, "seconds": time.perf_counter() - t0}
+
+
 def run_probe_bench(out: Path | None) -> dict:
     """The full protocol via suite.probe.bench.run_bench (owned by the probe stage), if any."""
     try:
@@ -157,18 +168,13 @@ def run_probe_bench(out: Path | None) -> dict:
               "backends": None, "quick": False, "seed": 0}
     accepted = inspect.signature(run_bench).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    t0 = time.perf_counter()
-    try:
-        result = run_bench(**kwargs)
-    except Exception as e:  # report and go on: the kernel numbers above stand on their own
-        return {"error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
-    summary = {"seconds": time.perf_counter() - t0, "kwargs": {k: str(v) for k, v in
-                                                                 kwargs.items()}}
-    try:
-        json.dumps(result)
-        summary["result"] = result
-    except TypeError:
-        summary["result"] = repr(result)
+    summary = _guarded(run_bench, **kwargs)
+    summary["kwargs"] = {k: str(v) for k, v in kwargs.items()}
+    if "result" in summary:
+        try:
+            json.dumps(summary["result"])
+        except TypeError:
+            summary["result"] = repr(summary["result"])
     return summary
 
 
@@ -176,14 +182,8 @@ def run_features_bench(arch: str, n_files: int) -> dict:
     """suite.features.bench_features on CUDA (see benchmarks/features.md for the fields)."""
     from suite.features import bench_features
 
-    t0 = time.perf_counter()
-    try:
-        res = bench_features(arch, batch_size=256, n_images=2048, device="cuda", n_jpeg=256,
-                             n_files=n_files)
-    except Exception as e:  # report and go on, as for the probe bench
-        return {"error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
-    res["seconds"] = time.perf_counter() - t0
-    return res
+    return _guarded(bench_features, arch=arch, batch_size=256, n_images=2048, device="cuda",
+                    n_jpeg=256, n_files=n_files)
 
 
 def main(argv=None) -> int:
@@ -234,9 +234,10 @@ def main(argv=None) -> int:
         report["features_bench"] = {"skipped": "--skip-features"}
     else:
         print(f"feature extraction ({args.features_arch}, suite.features.bench_features):")
-        report["features_bench"] = run_features_bench(args.features_arch, args.n_files)
-        for key, val in report["features_bench"].items():
-            print(f"  {key}: {val:.4g}" if isinstance(val, float) else f"  {key}: {val}")
+        report["features_bench"] = bench = run_features_bench(args.features_arch, args.n_files)
+        for key, val in {**bench.get("result", {}), **bench}.items():
+            if key != "result":
+                print(f"  {key}: {val:.4g}" if isinstance(val, float) else f"  {key}: {val}")
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -367,8 +367,8 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "PAPER_L2_GRID", "Setting", "ProbeBackend", "Decoder", "Launcher", "ModelConfig", "PretrainConfig",
-    "FinetuneConfig", "ProbeConfig", "GridOptions", "AnalysisConfig", "StudyConfig", "flatten",
+    "PAPER_L2_GRID", "Setting", "ProbeBackend", "Decoder", "Launcher", "ModelConfig",
+    "PretrainConfig", "FinetuneConfig", "ProbeConfig", "GridOptions", "AnalysisConfig", "StudyConfig", "flatten",
     "from_dict", "load_study", "validate_study", "study_to_yaml", "list_presets", "replace",
     "field",
 ]

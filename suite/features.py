@@ -44,11 +44,6 @@ DEFAULT_VAL_FRACTION = 0.2
 _HOLDOUT_SPLITS = ("train", "val", "trainval")  # depend on the seeded hold-out
 
 
-def _safe(part: str) -> str:
-    """A path component from a name (``folder:/a/b`` -> ``folder__a_b``)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(part))
-
-
 def cache_path(model_name: str, version: str | int, dataset: str, split: str, *,
                seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
     """``<workspace>/features/<model_name>/v<version>/<dataset>/<split>.npz``.
@@ -59,8 +54,8 @@ def cache_path(model_name: str, version: str | int, dataset: str, split: str, *,
     stem = split
     if split in _HOLDOUT_SPLITS and (seed, val_fraction) != (DEFAULT_SEED, DEFAULT_VAL_FRACTION):
         stem = f"{split}-s{seed}-vf{val_fraction:g}"
-    return (tracking.current().workspace / FEATURES_DIR / _safe(model_name) / f"v{version}"
-            / _safe(dataset) / f"{stem}.npz")
+    return (tracking.current().workspace / FEATURES_DIR / tracking.safe_name(model_name)
+            / f"v{version}" / tracking.safe_name(dataset) / f"{stem}.npz")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,23 +263,23 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
     meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
             "dataset": dataset, "split": split, "seed": seed, "val_fraction": val_fraction,
             "skipped": []}
-    ds = None
+
+    def load():
+        transform, resize_to = input_plan(mv, data.get_info(dataset, root))
+        return resize_to, data.load_split(dataset, split, root=root, transform=transform,
+                                          seed=seed, val_fraction=val_fraction,
+                                          skip_corrupt=skip_corrupt)
+
+    loaded = None
     if skip_corrupt:  # the files must be checked before the cache can be trusted
-        info = data.get_info(dataset, root)
-        transform, resize_to = input_plan(mv, info)
-        ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
-                             val_fraction=val_fraction, skip_corrupt=True)
-        meta["skipped"] = log_skipped([ds], f"{dataset}-{split}")
+        loaded = load()
+        meta["skipped"] = log_skipped([loaded[1]], f"{dataset}-{split}")
     cached = _read_cache(path, meta)
     if cached is not None:
         return cached
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    if ds is None:
-        info = data.get_info(dataset, root)
-        transform, resize_to = input_plan(mv, info)
-        ds = data.load_split(dataset, split, root=root, transform=transform, seed=seed,
-                             val_fraction=val_fraction)
+    resize_to, ds = loaded or load()
     meta["decode"] = decoder = resolve_decoder(decode, ds, device)  # provenance, not a key
     loader, batch_decode = decoding_loader(ds, decoder, batch_size, device=device, seed=seed,
                                            num_workers=num_workers)
@@ -341,28 +336,28 @@ def bench_jpeg(n_images: int = 64, device: torch.device | None = None,
     from suite.data.decode import as_tensor, tensor_capable
 
     files = _jpeg_bytes(n_images)
-    res: dict[str, float] = {}
-    t = time.perf_counter()
-    for b in files:
-        np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
-    res["jpeg_pil_images_per_s"] = _rate(n_images, time.perf_counter() - t)
     datas = [as_tensor(b) for b in files]
-    t = time.perf_counter()
-    for d in datas:
-        decode_jpeg(d)
-    res["jpeg_torchvision_cpu_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+
+    def per_image(fn, items) -> float:
+        t = time.perf_counter()
+        for item in items:
+            fn(item)
+        return _rate(len(items), time.perf_counter() - t)
+
+    def pil(b: bytes):
+        return Image.open(io.BytesIO(b)).convert("RGB")
+
+    res: dict[str, float] = {
+        "jpeg_pil_images_per_s": per_image(lambda b: np.asarray(pil(b)), files),
+        "jpeg_torchvision_cpu_images_per_s": per_image(decode_jpeg, datas),
+    }
     if transform is not None and tensor_capable(transform):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in a DataLoader worker
         try:
-            t = time.perf_counter()
-            for b in files:
-                transform(Image.open(io.BytesIO(b)).convert("RGB"))
-            res["pipeline_pil_images_per_s"] = _rate(n_images, time.perf_counter() - t)
-            t = time.perf_counter()
-            for d in datas:
-                transform(decode_jpeg(d))
-            res["pipeline_torchvision_images_per_s"] = _rate(n_images, time.perf_counter() - t)
+            res["pipeline_pil_images_per_s"] = per_image(lambda b: transform(pil(b)), files)
+            res["pipeline_torchvision_images_per_s"] = per_image(
+                lambda d: transform(decode_jpeg(d)), datas)
         finally:
             torch.set_num_threads(threads)
     if device is not None and device.type == "cuda":

@@ -86,7 +86,7 @@ def finetune_cell(cfg: FinetuneConfig, version: str) -> str:
         stage="finetune", setting=Setting(cfg.setting).value, model=cfg.model_name,
         model_version=str(version), dataset=cfg.dataset, lrs=list(cfg.lrs),
         weight_decays=list(cfg.weight_decays), steps=cfg.steps, batch_size=cfg.batch_size,
-        seed=cfg.seed, **({"skip_corrupt": True} if cfg.skip_corrupt else {}))
+        seed=cfg.seed, skip_corrupt=cfg.skip_corrupt)
 
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:

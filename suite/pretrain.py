@@ -50,8 +50,6 @@ def registered_name_of(cfg: PretrainConfig) -> str:
 def pretrain_cell(cfg: PretrainConfig) -> str:
     """The resume key of a pretraining config."""
     parts = {k: v for k, v in flatten(cfg).items() if k not in _NOT_IN_CELL}
-    if not parts.get("skip_corrupt"):
-        parts.pop("skip_corrupt", None)  # the cells of runs made before the option existed
     return tracking.cell_key(stage="pretrain", **parts)
 
 

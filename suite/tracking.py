@@ -197,7 +197,7 @@ def experiment_id(study: str) -> str:
             c.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     root = current().artifact_root
-    location = f"{root}/{_safe(study)}" if root else None
+    location = f"{root}/{safe_name(study)}" if root else None
     try:
         return c.create_experiment(study, artifact_location=location, tags={TAG_STUDY: study})
     except Exception:  # created concurrently by another process
@@ -207,12 +207,22 @@ def experiment_id(study: str) -> str:
         return exp.experiment_id
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+def safe_name(name: Any) -> str:
+    """A file-name component from any name: characters outside ``[A-Za-z0-9-_.]`` become
+    ``_`` (``folder:/a/b`` -> ``folder__a_b``)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+# Options added after results were first keyed: at this value they are left out of the key, so
+# the cells of runs made before the option existed stay the same.
+NEUTRAL_PARTS = {"skip_corrupt": False}
 
 
 def cell_key(**parts: Any) -> str:
-    """Stable short hash of what defines a result (config values, model version, ...)."""
+    """Stable short hash of what defines a result (config values, model version, ...).
+    Parts at their :data:`NEUTRAL_PARTS` value do not enter it."""
+    parts = {k: v for k, v in parts.items()
+             if not (k in NEUTRAL_PARTS and v == NEUTRAL_PARTS[k])}
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

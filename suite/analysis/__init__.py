@@ -373,7 +373,7 @@ def default_out_dir(cfg: AnalysisConfig) -> Path:
     if cfg.out_dir:
         return Path(cfg.out_dir).expanduser().resolve()
     ws = tracking._CURRENT.workspace if tracking._CURRENT else tracking.resolve_workspace()
-    return ws / "reports" / tracking._safe(cfg.study)
+    return ws / "reports" / tracking.safe_name(cfg.study)
 
 
 def run_analysis(cfg: AnalysisConfig, *, from_csv: str | Path | None = None,

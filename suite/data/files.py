@@ -156,8 +156,9 @@ def log_skipped(datasets: Sequence, what: str) -> list[str]:
     console.log(f"[yellow]--skip-corrupt: skipped {len(paths)} unreadable image(s) of {what}: "
                 f"{shown}[/yellow]")
     if mlflow.active_run() is not None:
-        base = what.rstrip("/").rsplit("/", 1)[-1]  # folder:/a/b/tree -> tree
-        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in base)
+        from suite.tracking import safe_name
+
+        name = safe_name(what.rstrip("/").rsplit("/", 1)[-1])  # folder:/a/b/tree -> tree
         mlflow.log_text("\n".join(paths) + "\n", f"skipped_images/{name}.txt")
     return paths
 

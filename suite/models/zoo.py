@@ -278,7 +278,7 @@ def register_zoo(name: str, *, weights_file: str | Path | None = None,
         model = None  # built below, only if not registered already
     reg_name = registered_name or (f"timm-{arch[len(TIMM_PREFIX):]}"
                                    if arch.startswith(TIMM_PREFIX) else f"tv-{arch}")
-    reg_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in reg_name)
+    reg_name = tracking.safe_name(reg_name)
     cell = tracking.cell_key(stage=STAGE, study=study, arch=arch, weights=wid,
                              file=_file_fingerprint(weights_file) if weights_file else "",
                              source_top1=top1)

@@ -36,8 +36,6 @@ def probe_cell(cfg: ProbeConfig, model_name: str, version: str) -> str:
     for k in ("device", "data_root", "num_workers", "batch_size", "study", "model_version",
               "backend", "decode"):
         params.pop(k, None)
-    if not params.get("skip_corrupt"):
-        params.pop("skip_corrupt", None)  # the cells of runs made before the option existed
     return tracking.cell_key(stage="probe", model=model_name, version=version, **params)
 
 
