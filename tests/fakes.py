@@ -1,7 +1,8 @@
-"""Tiny fakes of the paper datasets' real on-disk layouts (shared by the data and study tests).
+"""Tiny fakes of the paper datasets' real on-disk layouts (shared by the data and study tests),
+and a registered checkpoint in one call.
 
 Each ``fake_NAME(root)`` writes the files torchvision's loader (or the suite's own reader) looks
-for under ``root`` and returns ``root``. Images are small random JPEGs.
+for under ``root`` and returns ``root``. Images are small random JPEGs (:func:`write_jpg`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 
-def _jpg(path, seed=0, size=(10, 8)):
+def write_jpg(path, seed=0, size=(10, 8)):
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(arr).save(path, format="JPEG")
@@ -48,7 +49,7 @@ def fake_dtd(root):
     rows = {"train": [], "val": [], "test": []}
     for c in ("banded", "dotted"):
         for i in range(6):
-            _jpg(base / "images" / c / f"{c}_{i}.jpg", i)
+            write_jpg(base / "images" / c / f"{c}_{i}.jpg", i)
             rows[("train", "val", "test")[i % 3]].append(f"{c}/{c}_{i}.jpg")
     (base / "labels").mkdir(parents=True)
     for s, r in rows.items():
@@ -61,7 +62,7 @@ def fake_pets(root):
     rows = {"trainval": [], "test": []}
     for label, breed in ((1, "Abyssinian"), (2, "american_bulldog")):
         for i in range(1, 9):
-            _jpg(base / "images" / f"{breed}_{i}.jpg", i)
+            write_jpg(base / "images" / f"{breed}_{i}.jpg", i)
             rows["trainval" if i <= 5 else "test"].append(f"{breed}_{i} {label} {label} 1")
     (base / "annotations").mkdir(parents=True)
     for s, r in rows.items():
@@ -75,7 +76,7 @@ def fake_flowers(root, labels=(1, 2, 1, 2, 1, 2, 1, 2, 102, 102)):
     base = root / "flowers-102"
     labels = np.array(labels)
     for i in range(1, 11):
-        _jpg(base / "jpg" / f"image_{i:05d}.jpg", i)
+        write_jpg(base / "jpg" / f"image_{i:05d}.jpg", i)
     savemat(base / "imagelabels.mat", {"labels": labels})
     savemat(base / "setid.mat", {"trnid": np.array([1, 2, 9]), "valid": np.array([3, 4]),
                                  "tstid": np.array([5, 6, 7, 8, 10])})
@@ -86,7 +87,7 @@ def fake_caltech(root, per_class=33):
     base = root / "caltech101" / "101_ObjectCategories"
     for c in ("BACKGROUND_Google", "accordion"):
         for i in range(1, per_class + 1):
-            _jpg(base / c / f"image_{i:04d}.jpg", i, size=(4, 4))
+            write_jpg(base / c / f"image_{i:04d}.jpg", i, size=(4, 4))
     return root
 
 
@@ -100,7 +101,7 @@ def fake_fgvc(root):
         rows = []
         for i in range(count):
             v = variants[i % 2]
-            _jpg(data / "images" / f"{1000000 + n}.jpg", n)
+            write_jpg(data / "images" / f"{1000000 + n}.jpg", n)
             rows.append(f"{1000000 + n} {v}")
             n += 1
         (data / f"images_variant_{split}.txt").write_text("\n".join(rows) + "\n")
@@ -120,7 +121,7 @@ def fake_voc(root, objects=VOC_OBJECTS, splits=VOC_SPLITS):
     (base / "Annotations").mkdir(parents=True)
     (base / "ImageSets" / "Main").mkdir(parents=True)
     for stem, objs in objects.items():
-        _jpg(base / "JPEGImages" / f"{stem}.jpg", int(stem))
+        write_jpg(base / "JPEGImages" / f"{stem}.jpg", int(stem))
         xml = "".join(f"<object><name>{o}</name><difficult>0</difficult></object>" for o in objs)
         (base / "Annotations" / f"{stem}.xml").write_text(
             f"<annotation><filename>{stem}.jpg</filename>{xml}</annotation>")
@@ -146,7 +147,7 @@ def fake_food(root):
     meta = {"train": {}, "test": {}}
     for c in ("apple_pie", "ramen"):
         for i in range(6):
-            _jpg(base / "images" / c / f"{i}.jpg", i)
+            write_jpg(base / "images" / c / f"{i}.jpg", i)
             meta["train" if i < 4 else "test"].setdefault(c, []).append(f"{c}/{i}")
     (base / "meta").mkdir(parents=True)
     for s, m in meta.items():
@@ -163,7 +164,7 @@ def fake_cars(root):
                                ("cars_test", base / "cars_test_annos_withlabels.mat", 4)):
         rows = []
         for i in range(count):
-            _jpg(base / folder / f"{i:05d}.jpg", i)
+            write_jpg(base / folder / f"{i:05d}.jpg", i)
             rows.append((f"{i:05d}.jpg", 1 + i % 2))
         ann.parent.mkdir(parents=True, exist_ok=True)
         savemat(ann, {"annotations": np.array(rows, dtype=dt)})
@@ -180,7 +181,7 @@ def fake_sun(root):
     for cls in ("a/abbey", "b/bakery/shop"):
         for i in range(4):
             rel = f"/{cls}/sun_{i}.jpg"
-            _jpg(base / rel.lstrip("/"), i)
+            write_jpg(base / rel.lstrip("/"), i)
             rows["Training_01.txt" if i < 3 else "Testing_01.txt"].append(rel)
     for f, r in rows.items():
         (base / f).write_text("\n".join(r) + "\n")
@@ -191,5 +192,14 @@ def fake_birdsnap(root):
     for split, n in (("train", 4), ("test", 2)):
         for c in ("Acadian_Flycatcher", "Bald_Eagle"):
             for i in range(n):
-                _jpg(root / "birdsnap" / split / c / f"{i}.jpg", i)
+                write_jpg(root / "birdsnap" / split / c / f"{i}.jpg", i)
     return root
+
+
+def register(net, name: str, tags: dict, study: str = "t"):
+    """Log ``net`` in a pretrain run of ``study`` and register it as ``name`` with ``tags``
+    (inside the ``store`` fixture); returns the ModelVersion."""
+    from suite import models, tracking
+
+    with tracking.start_run(study, "r", tracking.run_tags(study, "pretrain")):
+        return models.log_and_register_model(net, name, tags, None)

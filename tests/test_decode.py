@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from fakes import register
 from PIL import Image
 
 from suite import features, models, tracking
@@ -162,8 +163,7 @@ def test_extract_with_each_decoder(store, tmp_path):
     net = models.build_model("resnet18", 2, weights=None).eval()
     tags = {tracking.VTAG_ARCH: "resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1",
             "image_size": 224}
-    with tracking.start_run("d", "r", tracking.run_tags("d", "pretrain")):
-        mv = models.log_and_register_model(net, "d-resnet18", tags, None)
+    mv = register(net, "d-resnet18", tags, study="d")
     out = {}
     for decoder in ("pil", "torchvision", "device"):
         path = features.cache_path(mv.name, mv.version, f"folder:{root}", "test")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fakes import register
 from torch.nn import functional as F
 
 from suite import data, features, models, tracking
@@ -38,8 +39,7 @@ def tiny_data(monkeypatch):
 def _register(model, **extra_tags):
     tags = {tracking.VTAG_ARCH: "cnn", "width": WIDTH, "depth": 1, "image_size": 32,
             **extra_tags}
-    with tracking.start_run("f", "r", tracking.run_tags("f", "pretrain")):
-        return models.log_and_register_model(model, "f-cnn", tags, None)
+    return register(model, "f-cnn", tags, study="f")
 
 
 @pytest.fixture

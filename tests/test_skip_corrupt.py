@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fakes import _jpg
+from fakes import register, write_jpg
 
 from suite import features, models, tracking
 from suite.cli import main
@@ -26,7 +26,7 @@ def tree(tmp_path):
     for split, n in (("train", 4), ("test", 2)):
         for c in CLASSES:
             for i in range(n):
-                _jpg(root / split / c / f"{i}.jpg", seed, size=(40, 40))
+                write_jpg(root / split / c / f"{i}.jpg", seed, size=(40, 40))
                 seed += 1
     bad = root / "train" / "dog" / "3.jpg"
     bad.write_bytes(bad.read_bytes()[:-200])
@@ -38,9 +38,7 @@ def registered(store):
     torch.manual_seed(0)
     net = models.build_model("cnn", 10, width=4).eval()
     tags = {tracking.VTAG_ARCH: "cnn", "width": 4, "depth": 1, "image_size": 32}
-    with tracking.start_run("s", "r", tracking.run_tags("s", "pretrain")):
-        mv = models.log_and_register_model(net, "s-cnn", tags, None)
-    return store, mv
+    return store, register(net, "s-cnn", tags, study="s")
 
 
 def _artifact(run_id: str, path: str) -> str:
@@ -85,7 +83,7 @@ def test_feature_cache_follows_the_skipped_list(tree, registered):
     with np.load(path) as z:
         assert json.loads(str(z["meta"]))["skipped"] == [str(bad)]
     # The file repaired: the cached features (computed without it) are not reused.
-    _jpg(bad, 99, size=(40, 40))
+    write_jpg(bad, 99, size=(40, 40))
     x, _ = features.extract(mv, ds, "trainval", device="cpu", num_workers=0, skip_corrupt=True)
     assert len(x) == 8
     x, _ = features.extract(mv, ds, "trainval", device="cpu", num_workers=0)
