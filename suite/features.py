@@ -16,7 +16,8 @@ the model's own preprocessing: on-disk datasets are decoded and transformed by
 GPU (``decode``, :mod:`suite.data.decode`); the synthetic sets are generated normalised at
 32×32, so a network registered at another input size (an ImageNet checkpoint: 224) gets them
 resized on the device, batch by batch. The cache's ``meta`` records which decoder ran; it is not
-part of the cache key (the decoders agree to rounding).
+part of the cache key (the decoders agree to rounding). With ``skip_corrupt`` it also holds the
+files left out, and a cache is reused only for the same list (so a repaired file comes back).
 """
 
 from __future__ import annotations
