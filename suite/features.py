@@ -22,16 +22,19 @@ files left out, and a cache is reused only for the same list (so a repaired file
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import nn
 from torch.nn import functional as F
 
@@ -43,20 +46,35 @@ FEATURES_DIR = "features"
 DEFAULT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.2
 _HOLDOUT_SPLITS = ("train", "val", "trainval")  # depend on the seeded hold-out
+_MAX_NAME = 120  # characters of the dataset's name in its cache folder (file names: 255 bytes)
 
 
 def cache_path(model_name: str, version: str | int, dataset: str, split: str, *,
-               seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
-    """``<workspace>/features/<model_name>/v<version>/<dataset>/<split>.npz``.
+               root: str = "", seed: int = DEFAULT_SEED,
+               val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
+    """``<workspace>/features/<model_name>/v<version>/<dataset>-<hash>/<split>.npz``.
+
+    ``<dataset>`` is the sanitised exact id (:func:`suite.data.identity`: a ``folder:`` tree's
+    resolved path), ``<hash>`` 12 hex digits of the sha256 of that id and, for the paper's
+    datasets, of the resolved data root ``root``: names that sanitise alike (``folder:/x/a_b``,
+    ``folder:/x/a/b``) and one dataset under two roots get their own files. Which images the
+    file holds is checked against the split's fingerprint on every reuse (:func:`_read_cache`).
 
     A non-default hold-out (``seed``, ``val_fraction``) of the train/val/trainval splits gets its
     own file (``train-s1-vf0.3.npz``): those splits' contents depend on it.
     """
+    from suite import data
+
+    ident = data.identity(dataset, root)
+    short = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    name = tracking.safe_name(ident["dataset"])
+    if len(name) > _MAX_NAME:  # a deep folder: keep both ends, the hash keeps it unique
+        name = f"{name[:_MAX_NAME // 3]}_{name[-(_MAX_NAME - _MAX_NAME // 3 - 1):]}"
     stem = split
     if split in _HOLDOUT_SPLITS and (seed, val_fraction) != (DEFAULT_SEED, DEFAULT_VAL_FRACTION):
         stem = f"{split}-s{seed}-vf{val_fraction:g}"
     return (tracking.current().workspace / FEATURES_DIR / tracking.safe_name(model_name)
-            / f"v{version}" / tracking.safe_name(dataset) / f"{stem}.npz")
+            / f"v{version}" / f"{name}-{short}" / f"{stem}.npz")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,9 +96,17 @@ def _write_atomic(path: Path, **arrays: Any) -> None:
         raise
 
 
+def _stale(path: Path, why: str) -> None:
+    console.log(f"[yellow]feature cache {escape(str(path))} is stale: {escape(why)}; "
+                "re-extracting[/yellow]")
+
+
 def _read_cache(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray] | None:
     """The cached (x, y) if the file exists, reads back whole, and was computed from the same
-    model and split (``meta``); else None (and the file is recomputed)."""
+    checkpoint, the same data (``meta["data"]``, the split's fingerprint) and the same skipped
+    list; else None, with a console line saying what changed (and the file is recomputed)."""
+    from suite.data.fingerprint import describe_change
+
     if not path.is_file():
         return None
     try:
@@ -88,16 +114,25 @@ def _read_cache(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray] | None:
             x, y = z["x"], z["y"]
             stored = json.loads(str(z["meta"])) if "meta" in z.files else {}
     except Exception as e:  # noqa: BLE001 -- any unreadable file is recomputed
-        console.log(f"[yellow]feature cache {path} is unreadable ({type(e).__name__}); "
-                    "recomputing[/yellow]")
+        console.log(f"[yellow]feature cache {escape(str(path))} is unreadable "
+                    f"({type(e).__name__}); recomputing[/yellow]")
         return None
     if x.ndim != 2 or len(x) != len(y) or x.dtype != np.float32:
-        console.log(f"[yellow]feature cache {path} is malformed; recomputing[/yellow]")
+        console.log(f"[yellow]feature cache {escape(str(path))} is malformed; "
+                    "recomputing[/yellow]")
         return None
     if stored.get("model_source") != meta["model_source"]:
-        return None  # same name and version number, different checkpoint (another store)
+        # Same name and version number, another checkpoint (another store).
+        _stale(path, f"model source {stored.get('model_source')} -> {meta['model_source']}")
+        return None
+    if stored.get("data", {}).get("digest") != meta["data"]["digest"]:
+        _stale(path, describe_change(stored.get("data", {}), meta["data"]))
+        return None
     if stored.get("skipped", []) != meta["skipped"]:
-        return None  # computed without files now readable, or with files now skipped
+        # Computed without files now readable, or with files now skipped.
+        _stale(path, f"skipped files {len(stored.get('skipped', []))} -> "
+                     f"{len(meta['skipped'])}")
+        return None
     return x, y
 
 
@@ -205,26 +240,29 @@ def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device,
 
 
 def input_plan(mv, info) -> tuple[Any, int | None]:
-    """(per-image transform for the dataset, on-device resize side or None) of a version."""
-    from suite.models import CNN, preprocessing
+    """(per-image transform for the dataset, on-device resize side or None) of a version: what
+    turns the dataset's items into the inputs the network was trained on. The probe's
+    extraction and fine-tuning both use it.
+
+    The network always sees inputs normalised with its own training statistics
+    (:func:`suite.models.input_normalisation`): on-disk images go through the architecture's
+    preprocessing cropped to the network's side and normalised with those statistics; the
+    synthetic sets, generated normalised with ``synthetic.MEAN/STD`` at their native side, are
+    re-normalised to them (:class:`suite.models.Renormalise`, none when they agree, as for a
+    SmallCNN pretrained on ``synth-source``) and resized on the device when the network was
+    registered at another side (an ImageNet checkpoint: 224).
+    """
+    from suite import models
+    from suite.data import synthetic
 
     tags = mv.tags or {}
-    arch = tags.get(tracking.VTAG_ARCH) or CNN
-    weights = tags.get("weights") or None
-    if weights is not None and "." in weights and "_Weights." not in weights:
-        weights = None  # a timm id: preprocessing() takes the timm name from the arch
-    transform, side = preprocessing(arch, weights)
-    side = int(tags.get("image_size") or side)
+    side = models.input_side(tags)
+    mean, std = models.input_normalisation(tags)
     if info.kind == "synthetic":
-        # Generated normalised at their native side: only a resize if the network wants another.
-        return None, (side if side != info.image_size else None)
-    if hasattr(transform, "crop_size") and int(transform.crop_size[0]) != side:
-        from torchvision.transforms._presets import ImageClassification
-
-        transform = ImageClassification(crop_size=side, resize_size=round(side * 256 / 224),
-                                        mean=transform.mean, std=transform.std,
-                                        interpolation=transform.interpolation)
-    return transform, None
+        renorm = models.make_renormalise(synthetic.MEAN, synthetic.STD, mean, std)
+        return renorm, (side if side != info.image_size else None)
+    transform, _ = models.version_preprocessing(tags)
+    return models.with_normalisation(transform, side, mean, std), None
 
 
 _LOADED: tuple[tuple[str, str, str], nn.Module] | None = None
@@ -260,10 +298,15 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
     from suite.data.decode import decoding_loader, resolve_decoder
     from suite.data.files import log_skipped
 
-    path = cache_path(mv.name, mv.version, dataset, split, seed=seed, val_fraction=val_fraction)
+    path = cache_path(mv.name, mv.version, dataset, split, root=root, seed=seed,
+                      val_fraction=val_fraction)
     meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
             "dataset": dataset, "split": split, "seed": seed, "val_fraction": val_fraction,
             "skipped": []}
+
+    def fingerprint(ds=None) -> dict:
+        return data.split_fingerprint(dataset, split, root=root, seed=seed,
+                                      val_fraction=val_fraction, loaded=ds)
 
     def load():
         transform, resize_to = input_plan(mv, data.get_info(dataset, root))
@@ -275,12 +318,19 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
     if skip_corrupt:  # the files must be checked before the cache can be trusted
         loaded = load()
         meta["skipped"] = log_skipped([loaded[1]], f"{dataset}-{split}")
+    # Listing and stat-ing the files is cheap; with skip_corrupt, of the list kept.
+    meta["data"] = fingerprint(loaded[1] if loaded else None)
     cached = _read_cache(path, meta)
     if cached is not None:
         return cached
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    resize_to, ds = loaded or load()
+    if loaded is None:
+        loaded = load()
+        # Of the list that is extracted, taken before any image is read: a file changed from
+        # here on makes the next reuse re-extract rather than trust features of old bytes.
+        meta["data"] = fingerprint(loaded[1])
+    resize_to, ds = loaded
     meta["decode"] = decoder = resolve_decoder(decode, ds, device)  # provenance, not a key
     loader, batch_decode = decoding_loader(ds, decoder, batch_size, device=device, seed=seed,
                                            num_workers=num_workers)

@@ -1,6 +1,7 @@
 """suite.features: extraction equals the extractor applied by hand, the cache is atomic and reused,
 a corrupt cache is recomputed, NaN features are refused. A tiny registered SmallCNN on a tiny
-in-memory dataset (the dataset lookup is replaced), in a temporary MLflow store."""
+in-memory dataset (the dataset lookup and its fingerprint are replaced), in a temporary MLflow
+store. The cache's key (fingerprints of real datasets): tests/test_feature_cache.py."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def tiny_data(monkeypatch):
         return TensorImageDataset(*_images(split), transform=transform)
 
     monkeypatch.setattr(data, "load_split", load_split)
+    monkeypatch.setattr(data, "split_fingerprint", lambda name, split, **kw: {
+        "kind": "synthetic", "dataset": name, "root": "", "split": split, "n": N,
+        "digest": f"tiny-{split}"})
 
 
 def _register(model, **extra_tags):
@@ -67,8 +71,9 @@ def test_extract_matches_reference_and_caches(version, tiny_data):
     np.testing.assert_array_equal(y, ref_y)
 
     path = features.cache_path(mv.name, mv.version, "tiny", "train")
-    assert path == (tracking.current().workspace / "features" / "f-cnn" / f"v{mv.version}"
-                    / "tiny" / "train.npz")
+    assert path.parent.parent == (tracking.current().workspace / "features" / "f-cnn"
+                                  / f"v{mv.version}")
+    assert path.parent.name.startswith("tiny-") and path.name == "train.npz"
     assert [p.name for p in path.parent.iterdir()] == ["train.npz"]  # no temporary left
     with np.load(path) as z:
         np.testing.assert_array_equal(z["x"], x)
@@ -137,7 +142,8 @@ def test_holdout_splits_get_their_own_file(store):
     b = features.cache_path("m", 1, "folder:/data/x", "train", seed=1)
     c = features.cache_path("m", 1, "folder:/data/x", "test", seed=1)
     assert a.name == "train.npz" and b.name == "train-s1-vf0.2.npz" and c.name == "test.npz"
-    assert a.parent.name == "folder__data_x"
+    assert a.parent == b.parent == c.parent
+    assert a.parent.name.startswith("folder__data_x-")  # readable, then a hash of the exact id
 
 
 def test_bench_features_runs():

@@ -14,11 +14,16 @@ Names:
 Splits are ``train``, ``val``, ``trainval`` (= train + val, for the refit) and ``test``. ``val`` is
 the dataset's own validation split where it has one, else a seeded stratified hold-out of
 ``val_fraction`` of train (:mod:`suite.data.splits`).
+
+:func:`split_fingerprint` says what a split is (its files with sizes and mtimes and labels, or
+the synthetic generator's parameters) as a digest, and :func:`identity` which dataset a name
+and data root denote (:mod:`suite.data.fingerprint`); the feature cache is keyed by them.
 """
 
 from __future__ import annotations
 
 from suite.data.base import DatasetInfo, TensorImageDataset
+from suite.data.fingerprint import identity, split_fingerprint
 from suite.data.loader import TensorLoader, make_loader
 from suite.data.synthetic import SIZE as _SYNTH_SIZE
 from suite.data.synthetic import TASKS as _SYNTH_TASKS
@@ -107,5 +112,6 @@ def list_datasets(root: str = "") -> list[dict]:
     return _list(root)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "SPLITS", "TensorImageDataset", "TensorLoader", "fetch",
-           "get_info", "list_datasets", "load_split", "make_loader"]
+__all__ = ["DATASETS", "SPLITS", "DatasetInfo", "TensorImageDataset", "TensorLoader", "fetch",
+           "get_info", "identity", "list_datasets", "load_split", "make_loader",
+           "split_fingerprint"]

@@ -15,6 +15,7 @@ dataset's ``skipped`` attribute.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from suite.data.base import DatasetInfo
@@ -83,8 +84,19 @@ def _samples(root: Path, sub: str, classes: list[str]) -> list[tuple[str, int]]:
     return list(ds.samples)
 
 
-def _checked(root, sub, classes, skip_corrupt):
-    return drop_corrupt(_samples(root, sub, classes), skip_corrupt)
+def _split(root: Path, split: str, seed: int, val_fraction: float,
+           read: Callable[[str], tuple[list, list[str]]]) -> tuple[list, list[str]]:
+    """(samples, skipped) of one of our splits; ``read(sub)`` gives them for a sub-folder."""
+    if split == "test":
+        return read("test")
+    train, skipped = read("train")
+    if (root / "val").is_dir():
+        val, skipped_val = read("val")
+        skipped = skipped + skipped_val
+    else:
+        tr_idx, va_idx = stratified_holdout([t for _, t in train], val_fraction, seed)
+        train, val = [train[i] for i in tr_idx], [train[i] for i in va_idx]
+    return {"train": train, "val": val, "trainval": train + val}[split], skipped
 
 
 def load_folder(path: str, split: str, *, transform=None, seed: int = 0,
@@ -92,15 +104,16 @@ def load_folder(path: str, split: str, *, transform=None, seed: int = 0,
     """One split of a folder tree as a :class:`FileListDataset` (items (image, class index))."""
     root = _root(path)
     classes = _classes(root)
-    if split == "test":
-        samples, skipped = _checked(root, "test", classes, skip_corrupt)
-        return FileListDataset(samples, classes, transform, skipped)
-    train, skipped = _checked(root, "train", classes, skip_corrupt)
-    if (root / "val").is_dir():
-        val, skipped_val = _checked(root, "val", classes, skip_corrupt)
-        skipped = skipped + skipped_val
-    else:
-        tr_idx, va_idx = stratified_holdout([t for _, t in train], val_fraction, seed)
-        train, val = [train[i] for i in tr_idx], [train[i] for i in va_idx]
-    chosen = {"train": train, "val": val, "trainval": train + val}[split]
-    return FileListDataset(chosen, classes, transform, skipped)
+    samples, skipped = _split(root, split, seed, val_fraction, lambda sub: drop_corrupt(
+        _samples(root, sub, classes), skip_corrupt))
+    return FileListDataset(samples, classes, transform, skipped)
+
+
+def folder_samples(path: str, split: str, *, seed: int = 0,
+                   val_fraction: float = 0.2) -> list[tuple[str, int]]:
+    """The (file, class index) list :func:`load_folder` gives without ``skip_corrupt``, from
+    the directory listing alone (no file is opened)."""
+    root = _root(path)
+    classes = _classes(root)
+    return _split(root, split, seed, val_fraction,
+                  lambda sub: (_samples(root, sub, classes), []))[0]

@@ -55,8 +55,8 @@ import contextlib
 import functools
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -262,7 +262,7 @@ def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, 1, 1, generator=g)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _upsample_matrix(cells: int) -> torch.Tensor:
     """(SIZE, cells) bicubic interpolation weights: upsampling a grid is A @ grid @ A.T."""
     impulses = torch.eye(cells).view(cells, 1, cells, 1).expand(cells, 1, cells, 2)
@@ -497,6 +497,10 @@ TASKS: dict[str, SynthTask] = {
         "contrast, gamma, warm cast).", _build_shift),
 }
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
+# Version of the rendering code: bump it with any change that draws other images from the same
+# seeds (a primitive, a nuisance range, the draw order), so cached features of the old images
+# are not reused (params()).
+GENERATOR_VERSION = 1
 
 
 def split_seed(name: str, split: str) -> int:
@@ -520,7 +524,7 @@ def _single_thread():
         torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def generate(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, SIZE, SIZE) float32 normalised, labels (N,) int64) of one split, memoised.
 
@@ -539,6 +543,19 @@ def generate(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         std = torch.tensor(STD).view(1, 3, 1, 1)
         images = ((images - mean) / std).contiguous()
     return images, labels
+
+
+def params(name: str, split: str) -> dict:
+    """Everything that defines the images and labels of a split, as JSON-able values: the
+    generator version, image side, normalisation, classes, and per generated part (train and
+    val for trainval) its seed and size. Equal params, equal tensors (on any machine)."""
+    task = TASKS[name]
+    k = len(task.classes)
+    parts = ("train", "val") if split == "trainval" else (split,)
+    return {"version": GENERATOR_VERSION, "size": SIZE, "mean": list(MEAN), "std": list(STD),
+            "classes": list(task.classes),
+            "parts": [{"split": p, "seed": split_seed(name, p), "n": task.per_class[p] * k}
+                      for p in parts]}
 
 
 def load(name: str, split: str, transform=None) -> TensorImageDataset:
