@@ -1,9 +1,24 @@
 """Penultimate features of a registered model on a dataset split, cached on disk.
 
 Reads: the registered model version (MLflow registry), the dataset split (suite.data).
-Writes: ``<workspace>/features/<model>/v<version>/<dataset>/<split>.npz`` with keys ``x``
-(n, D) float32, ``y`` (n,) int64 or (n, k) float32 (multi-label), and ``meta`` (JSON: what the
-features were computed from, checked on reuse).
+Writes: ``<workspace>/features/<model>/v<version>/<dataset>-<hash>/<split>.npz`` with keys
+``x`` (n, D) float32, ``y`` (n,) int64 or (n, k) float32 (multi-label), and ``meta`` (JSON: what
+the features were computed from, checked on reuse).
+
+The folder is the dataset's exact id (:func:`suite.data.identity`): its sanitised name, to be
+readable, and a hash of the id — a ``folder:`` tree's resolved path, a paper dataset's name and
+resolved data root — so that no two datasets share a file (``folder:/x/a_b`` and
+``folder:/x/a/b`` sanitise alike). ``meta["data"]`` is the split's fingerprint
+(:func:`suite.data.split_fingerprint`): for on-disk datasets a digest of the exact
+``(file, label)`` list with every file's size and mtime (which covers the seeded hold-out of
+train/val), with its count, total bytes and newest mtime in the clear; for synthetic sets the
+generator's parameters (size and mtime rather than the bytes: :mod:`suite.data.fingerprint` says
+why that is enough). It is recomputed on every reuse from the directory listing and annotation
+files (no image is opened unless ``skip_corrupt`` checks them) and compared: added, removed,
+replaced or relabelled files, or another generator, re-extract, with a console line naming the
+file and what changed. The checkpoint
+(``model_source``) and, with ``skip_corrupt``, the list of files left out are checked the same
+way (so a repaired file comes back).
 
 The cache is written atomically (a temporary file in the same folder, then ``os.replace``), so an
 interrupted extraction never leaves a half-written file that a later run would read; a file that
@@ -16,8 +31,7 @@ the model's own preprocessing: on-disk datasets are decoded and transformed by
 GPU (``decode``, :mod:`suite.data.decode`); the synthetic sets are generated normalised at
 32×32, so a network registered at another input size (an ImageNet checkpoint: 224) gets them
 resized on the device, batch by batch. The cache's ``meta`` records which decoder ran; it is not
-part of the cache key (the decoders agree to rounding). With ``skip_corrupt`` it also holds the
-files left out, and a cache is reused only for the same list (so a repaired file comes back).
+part of the cache key (the decoders agree to rounding).
 """
 
 from __future__ import annotations
