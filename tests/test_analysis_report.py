@@ -141,3 +141,142 @@ def test_wrong_csv_header_is_a_suite_error(tmp_path):
     csv.write_text("net,imagenet,dataset,setting,accuracy\na,1,b,logistic,3\n")
     with pytest.raises(SuiteError, match="model,source_top1,dataset,setting,accuracy"):
         run_analysis(AnalysisConfig(out_dir=str(tmp_path)), from_csv=csv, log=False)
+
+
+# --------------------------------------------------------------------------- BCa beside percentile
+
+# Seven models whose aggregate Pearson r has z0 ≈ -1 (see tests/test_analysis_stats.py).
+X7 = [-1.04, 1.47, -0.34, 3.76, -0.04, -0.3, 0.69]
+Y7 = [-2.38, 1.5, -0.67, 2.26, 0.02, 0.15, 0.6]
+
+
+def _seven_model_csv(tmp_path):
+    rows = []
+    for i, (x, y) in enumerate(zip(X7, Y7)):
+        for d, shift in (("d1", 0.0), ("d2", 1.0), ("d3", -0.5)):
+            rows.append({"model": f"m{i}", "source_top1": float(stats.expit_percent(x)),
+                         "dataset": d, "setting": "logistic",
+                         "accuracy": float(stats.expit_percent(y + shift))})
+    return table.write_csv(pd.DataFrame(rows), tmp_path / "seven.csv")
+
+
+def test_percentile_interval_and_bca_warning_everywhere(store, tmp_path, capsys):
+    csv = _seven_model_csv(tmp_path)
+    cfg = AnalysisConfig(study="seven", n_resamples=2000, seed=0, out_dir=str(tmp_path / "o"))
+    res = run_analysis(cfg, from_csv=csv)
+    agg = res.stats["settings"]["logistic"]["aggregate"]
+    assert agg["pearson_bca"]["z0"] == pytest.approx(-1.0, abs=0.1)
+    assert agg["pearson_bca"]["flags"]
+    # a note naming the row, with both intervals
+    note = next(w for w in res.warnings if w.startswith("Setting logistic, mean over datasets:"))
+    assert "Pearson r BCa [" in note and "vs percentile [" in note and "|z0|" in note
+    # 7 < FEW_MODELS: the few-models note says the intervals undercover
+    assert any("only 7 models" in w and "cover" in w for w in res.warnings)
+    # JSON
+    data = json.loads(res.json_path.read_text())
+    lg = data["settings"]["logistic"]["aggregate"]
+    assert lg["pearson_ci_pct"] == pytest.approx(agg["pearson_ci_pct"])
+    assert lg["pearson_bca"]["alpha"][1] < 0.5
+    # console: both intervals, the BCa one starred, the footnote
+    printed = capsys.readouterr().out
+    pct = "[{:.3f}, {:.3f}]".format(*agg["pearson_ci_pct"])
+    bca = "[{:.3f}, {:.3f}]*".format(*agg["pearson_ci"])
+    assert "95% pct" in printed and pct in printed and bca in printed
+    assert "* BCa correction too large to trust" in printed
+    # report
+    html = res.html_path.read_text()
+    assert pct in html and bca in html and "mean over datasets: BCa corrections" in html
+    # MLflow metrics
+    metrics = tracking.search_runs("seven", stage="analysis")[0].data.metrics
+    assert metrics["logistic.pearson_ci_pct_low"] == pytest.approx(agg["pearson_ci_pct"][0])
+    assert metrics["logistic.pearson_ci_pct_high"] == pytest.approx(agg["pearson_ci_pct"][1])
+    assert metrics["logistic.pearson_bca_z0"] == pytest.approx(agg["pearson_bca"]["z0"])
+    assert metrics["logistic.pearson_bca_flagged"] == 1.0
+
+
+def test_no_bca_warning_for_thirty_well_behaved_models(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    rows = []
+    for i in range(30):
+        for j, d in enumerate(("d1", "d2", "d3", "d4")):
+            y = 0.7 * x[i] + rng.normal(0, 0.7) + 0.3 * j
+            rows.append({"model": f"m{i}", "source_top1": float(stats.expit_percent(x[i])),
+                         "dataset": d, "setting": "logistic",
+                         "accuracy": float(stats.expit_percent(y))})
+    csv = table.write_csv(pd.DataFrame(rows), tmp_path / "thirty.csv")
+    res = run_analysis(AnalysisConfig(study="thirty", n_resamples=2000, out_dir=str(tmp_path)),
+                       from_csv=csv, log=False)
+    assert not any("BCa corrections" in w for w in res.warnings), res.warnings
+    assert not any("only 30 models" in w for w in res.warnings)
+
+
+# --------------------------------------------------------------------------- convergence speed-up
+
+# Scratch reaches its final 60% at step 100 in every cell; fine-tuning of models a-d gets there
+# at steps 40, 50, 60, 80 (speed-ups 2.5, 2, 1.67, 1.25); e-g never do in 100 steps.
+SCRATCH_CURVE = [(0, 10.0), (100, 60.0)]
+FT_STEP = {"a": 40, "b": 50, "c": 60, "d": 80}
+
+
+def _ft_curve(model: str) -> list[tuple[int, float]]:
+    if model in FT_STEP:
+        return [(0, 10.0), (FT_STEP[model], 60.0), (100, 61.0)]
+    return [(0, 10.0), (100, 55.0)]
+
+
+def _fvs_table(models: str) -> pd.DataFrame:
+    rows = []
+    for m in models:
+        for setting, acc in (("finetune", 61.0 if m in FT_STEP else 55.0), ("scratch", 60.0)):
+            rows.append({"model": m, "source_top1": 70.0, "dataset": "d1", "setting": setting,
+                         "accuracy": acc, "run_id": f"{setting}-{m}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def fake_curves(monkeypatch):
+    def history(run_id, name):
+        setting, model = run_id.split("-")
+        return SCRATCH_CURVE if setting == "scratch" else _ft_curve(model)
+
+    monkeypatch.setattr(tracking, "metric_history", history)
+
+
+@pytest.mark.parametrize("models, median, below, reached", [
+    ("abcdefg", 1.25, None, 4),  # 4 of 7: the 4th largest of seven, never-reached ones lowest
+    ("abcd", np.median([2.5, 2.0, 100 / 60, 1.25]), None, 4),  # all reached
+    # 2 of 4: the median is only bounded, by the median of (2.5, 2, 1, 1) with each
+    # never-reached cell at its bound 100 / 100 = 1
+    ("abef", None, 1.5, 2),
+    ("efg", None, 1.0, 0),  # none reached
+])
+def test_median_speedup_counts_cells_that_never_reach(fake_curves, models, median, below,
+                                                      reached):
+    from suite.analysis import _Notes, analyse_finetune_vs_scratch, headline_metrics
+
+    fvs = analyse_finetune_vs_scratch(_fvs_table(models), _Notes())
+    v = fvs["per_dataset"]["d1"]
+    assert v["median_speedup"] == (None if median is None else pytest.approx(median))
+    assert v["speedup_cells"] == len(models) and v["speedup_reached"] == reached
+    assert v["median_speedup_below"] == (None if below is None else pytest.approx(below))
+    m = headline_metrics({"settings": {}, "finetune_vs_scratch": fvs})
+    assert m["finetune_vs_scratch.d1.speedup_cells"] == len(models)
+    assert m["finetune_vs_scratch.d1.speedup_reached"] == reached
+    assert ("finetune_vs_scratch.d1.median_speedup" in m) == (median is not None)
+    assert ("finetune_vs_scratch.d1.median_speedup_below" in m) == (below is not None)
+
+
+def test_speedup_text():
+    from suite.analysis.report import speedup_text
+
+    base = {"speedup_cells": 7, "speedup_reached": 3, "speedup_infinite": 0,
+            "median_speedup": None, "median_speedup_below": 0.8}
+    assert speedup_text(base) == "< 0.80× (3 of 7 reached scratch's final accuracy)"
+    assert speedup_text({**base, "speedup_reached": 5, "median_speedup": 1.42,
+                         "median_speedup_below": None}) == \
+        "1.42× (5 of 7 reached scratch's final accuracy)"
+    assert speedup_text({**base, "speedup_reached": 7, "speedup_infinite": 4,
+                         "median_speedup": "inf", "median_speedup_below": None}) == \
+        "∞× (7 of 7 reached scratch's final accuracy, 4 at fine-tuning's first evaluation)"
+    assert speedup_text({"speedup_cells": 0}) == "–"

@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from suite.analysis import stats  # noqa: E402
+from suite.analysis import stats
 
 _COLORS = plt.get_cmap("tab10")
 
@@ -40,12 +40,18 @@ def _fit_line(ax, x: np.ndarray, y: np.ndarray) -> None:
         ax.plot(xs, slope * xs + icpt, color="0.4", lw=1, ls="--")
 
 
-def _r_label(d: dict | None) -> str:
+def _r_title(name: str, d: dict | None) -> str:
+    """Panel title: ``name: r = 0.85`` and, below, the BCa and percentile intervals of r (the
+    BCa one marked * when stats.bca_flags distrusts it)."""
     if not d or d.get("pearson") is None:
-        return ""
-    ci = d.get("pearson_ci") or [None, None]
-    ci_s = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
-    return f"r = {d['pearson']:.2f}{ci_s}"
+        return name
+    cis = []
+    for label, key in (("BCa", "pearson_ci"), ("pct", "pearson_ci_pct")):
+        ci = d.get(key) or [None, None]
+        if None not in ci:
+            flag = "*" if key == "pearson_ci" and (d.get("pearson_bca") or {}).get("flags") else ""
+            cis.append(f"{label} [{ci[0]:.2f}, {ci[1]:.2f}]{flag}")
+    return f"{name}: r = {d['pearson']:.2f}" + ("\n" + " · ".join(cis) if cis else "")
 
 
 def draw_summary(res: dict[str, Any], key: str = "aggregate"):
@@ -69,7 +75,7 @@ def draw_summary(res: dict[str, Any], key: str = "aggregate"):
             ax.annotate(name, (xi, yi), fontsize=6, alpha=0.7, xytext=(2, 2),
                         textcoords="offset points")
         _fit_line(ax, x, y)
-        ax.set_title(f"{s}\n{_r_label(agg)}", fontsize=9)
+        ax.set_title(_r_title(s, agg), fontsize=9)
         ax.set_xlabel("source top-1 (log-odds)")
         ax.set_ylabel("transfer (mean log-odds)" if key == "aggregate"
                       else "transfer (dataset-adjusted log-odds)")
@@ -90,7 +96,7 @@ def draw_datasets(df: pd.DataFrame, res: dict[str, Any], setting: str):
         y = stats.logit(rows["accuracy"].to_numpy())
         ax.scatter(x, y, s=12, color=_COLORS(1))
         _fit_line(ax, x, y)
-        ax.set_title(f"{d}\n{_r_label(r['per_dataset'].get(d))}", fontsize=8)
+        ax.set_title(_r_title(d, r["per_dataset"].get(d)), fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"{setting}: transfer vs source log-odds per dataset", fontsize=10, y=0.995)
     return fig

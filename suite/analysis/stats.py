@@ -11,7 +11,11 @@ Conventions (shapes in comments):
 * Confidence intervals are bias-corrected and accelerated (BCa, Efron & Tibshirani 1993, §14.3,
   eq. 14.15 and 15.36) with the jackknife acceleration; :func:`bootstrap_bca` follows the same
   steps as ``scipy.stats.bootstrap(method="BCa")`` and, given the same seed, draws the same
-  resamples, so the two agree to rounding.
+  resamples, so the two agree to rounding. Beside each BCa interval the percentile interval
+  (the plain α/2, 1 - α/2 quantiles of the same replicates) and the BCa terms z0, a, α₁, α₂
+  are kept, with :func:`bca_flags` saying when those terms are too large for the BCa interval
+  to be trusted (over few models it can be tight only because it sits in one tail of the
+  bootstrap distribution).
 * Permutation p-values are two-sided, defined as SciPy's ``permutation_test`` defines them:
   ``min(1, 2 * min(P(null <= obs), P(null >= obs)))`` with the ``+1`` correction of a
   randomised test.
@@ -22,7 +26,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import special, stats
@@ -105,7 +110,7 @@ def resample_ranks(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """
     values = np.asarray(values, np.float64)
     K, m = values.shape
-    R, mm = idx.shape
+    R, _ = idx.shape
     counts = np.bincount((idx + m * np.arange(R)[:, None]).ravel(),
                          minlength=R * m).reshape(R, m).astype(np.float64)  # (R, m)
     order = np.argsort(values, axis=1, kind="stable")
@@ -147,20 +152,18 @@ def _quantile_rows(values: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where(ok, np.where(hi == lo, vlo, out), np.nan)
 
 
-def bca_interval(theta_hat: np.ndarray, theta_b: np.ndarray,
-                 theta_jack: Sequence[np.ndarray], confidence: float = 0.95
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """BCa interval of ``K`` statistics at once.
+def bca_terms(theta_hat: np.ndarray, theta_b: np.ndarray, theta_jack: Sequence[np.ndarray],
+              confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """The BCa correction of ``K`` statistics: bias z0, acceleration a and adjusted levels.
 
     theta_hat (K,) estimate on the data; theta_b (B, K) bootstrap replicates; theta_jack: one
     (n_j, K) array of leave-one-out estimates per resampled axis (models, and datasets when
-    both are resampled). Returns (low (K,), high (K,)).
+    both are resampled). Returns {"z0", "a", "alpha_low", "alpha_high"}, each (K,).
 
     z0 = Φ⁻¹(#{θ*_b < θ̂} / B, ties counted half)             bias correction
     U_i = (n - 1)(θ̄_(·) - θ_(i)),  a = Σ_j Σ U³/n³ / (6 (Σ_j Σ U²/n²)^{3/2})   acceleration
     α₁,₂ = Φ(z0 + (z0 + z_α) / (1 - a (z0 + z_α)))  for z_α = Φ⁻¹(α/2), Φ⁻¹(1 - α/2)
-    interval = quantiles α₁, α₂ of the replicates.
-    Non-finite replicates (a degenerate resample, e.g. all one model) are left out.
+    Non-finite replicates (a degenerate resample, e.g. all one model) are left out of z0.
     """
     theta_hat = np.asarray(theta_hat, np.float64)
     tb = np.asarray(theta_b, np.float64).T  # (K, B)
@@ -185,10 +188,93 @@ def bca_interval(theta_hat: np.ndarray, theta_b: np.ndarray,
         n1, n2 = z0 + z_lo, z0 + z_hi
         a1 = special.ndtr(z0 + n1 / (1.0 - a * n1))
         a2 = special.ndtr(z0 + n2 / (1.0 - a * n2))
-    ok = np.isfinite(theta_hat) & (n_ok > 0)
-    low = np.where(ok, _quantile_rows(tb, a1), np.nan)
-    high = np.where(ok, _quantile_rows(tb, a2), np.nan)
+    return {"z0": z0, "a": a, "alpha_low": a1, "alpha_high": a2}
+
+
+def bca_interval(theta_hat: np.ndarray, theta_b: np.ndarray,
+                 theta_jack: Sequence[np.ndarray], confidence: float = 0.95
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """BCa interval of ``K`` statistics at once: the quantiles α₁, α₂ (:func:`bca_terms`) of
+    the finite replicates. Shapes as in :func:`bca_terms`; returns (low (K,), high (K,))."""
+    t = bca_terms(theta_hat, theta_b, theta_jack, confidence)
+    return _interval_at(theta_hat, theta_b, t["alpha_low"], t["alpha_high"])
+
+
+def _interval_at(theta_hat: np.ndarray, theta_b: np.ndarray, q_low: np.ndarray,
+                 q_high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles q_low, q_high (K,) of the finite replicates theta_b (B, K); NaN where the
+    estimate (K,) is NaN or no replicate is finite."""
+    theta_hat = np.asarray(theta_hat, np.float64)
+    tb = np.asarray(theta_b, np.float64).T  # (K, B)
+    ok = np.isfinite(theta_hat) & (np.isfinite(tb).sum(axis=-1) > 0)
+    low = np.where(ok, _quantile_rows(tb, np.broadcast_to(q_low, ok.shape)), np.nan)
+    high = np.where(ok, _quantile_rows(tb, np.broadcast_to(q_high, ok.shape)), np.nan)
     return low, high
+
+
+def percentile_interval(theta_hat: np.ndarray, theta_b: np.ndarray, confidence: float = 0.95
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval: the α/2 and 1 - α/2 quantiles of the finite replicates (what
+    ``scipy.stats.bootstrap(method="percentile")`` returns). theta_hat (K,) (NaN there gives a
+    NaN interval), theta_b (B, K) -> (low (K,), high (K,))."""
+    alpha = (1.0 - confidence) / 2.0
+    return _interval_at(theta_hat, theta_b, alpha, 1.0 - alpha)
+
+
+# When to distrust a BCa interval (bca_flags). BCa is second-order accurate because z0 and a
+# are small O(n^-1/2) corrections (Efron & Tibshirani 1993, §14.3, §22.4); over few models they
+# are neither small nor well estimated. benchmarks/bca_coverage.py measured them on Pearson r
+# of bivariate normal and bivariate t3 data, 4000 studies per (n, ρ) (benchmarks/analysis.md
+# has the tables); "covered" is how often a flagged nominal-95% interval held the true r,
+# against 87-96% for the unflagged ones:
+# * |z0| > 0.5 (the estimate has 69% of its own replicates on one side): 0-2% of studies at
+#   n = 30, 1-8% at n = 7; covered 60-95% (only a few dozen studies per cell past n = 10).
+# * |a| can never exceed 1/6 (Σ|U|³ <= (ΣU²)^{3/2}); |a| > 0.14 means one model's leave-one-out
+#   value carries nearly all of the jackknife's skewness (resampling n models, |a| is at most
+#   (n - 2) / (6 sqrt(n (n - 1))), reached when one value stands apart: 0.13 at n = 7, 0.1405
+#   at n = 10, so this fires from n = 10 on). Hardly ever for normal data; 1-8% of t3 studies,
+#   covered 77-92%.
+# * α₁ > 0.25 or α₂ < 0.75: a nominal-95% interval that starts above the lower quartile (ends
+#   below the upper quartile) of the bootstrap distribution leaves out most of one half of it;
+#   covered 33-91%.
+# * α₁ < 1/B or α₂ > 1 - 1/B: an end is the single most extreme of B replicates, where B
+#   resamples cannot resolve the quantile; covered 69-96%.
+BCA_Z0_MAX = 0.5
+BCA_A_MAX = 0.14
+BCA_ALPHA_LOW_MAX = 0.25
+BCA_ALPHA_HIGH_MIN = 0.75
+
+
+def bca_checks(z0, a, alpha_low, alpha_high, n_resamples: int) -> dict[str, np.ndarray]:
+    """Which of the thresholds above each BCa interval crosses; arrays of any one shape in,
+    boolean arrays of that shape out: {"z0", "a", "range" (α₁, α₂ too far in), "resolution"
+    (an end on the most extreme replicate)}. A NaN z0 or a (degenerate statistic) flags
+    nothing; an infinite z0 (every replicate on one side) is flagged."""
+    z0, a = np.asarray(z0, np.float64), np.asarray(a, np.float64)
+    lo, hi = np.asarray(alpha_low, np.float64), np.asarray(alpha_high, np.float64)
+    return {"z0": np.abs(z0) > BCA_Z0_MAX, "a": np.abs(a) > BCA_A_MAX,
+            "range": (lo > BCA_ALPHA_LOW_MAX) | (hi < BCA_ALPHA_HIGH_MIN),
+            "resolution": (lo * n_resamples < 1) | ((1.0 - hi) * n_resamples < 1)}
+
+
+def bca_flags(z0: float, a: float, alpha_low: float, alpha_high: float, n_resamples: int,
+              confidence: float = 0.95) -> list[str]:
+    """Why one BCa interval should not be trusted (:func:`bca_checks`), as short phrases naming
+    the values; empty when it crosses no threshold."""
+    c = {k: bool(v) for k, v in bca_checks(z0, a, alpha_low, alpha_high, n_resamples).items()}
+    half = (1.0 - confidence) / 2.0
+    out = []
+    if c["z0"]:
+        out.append(f"bias correction |z0| = {abs(z0):.2f} > {BCA_Z0_MAX}")
+    if c["a"]:
+        out.append(f"acceleration |a| = {abs(a):.3f} > {BCA_A_MAX}")
+    if c["range"]:
+        out.append(f"it spans quantiles {alpha_low:.2g}–{alpha_high:.2g} of the bootstrap "
+                   f"distribution, not {half:.3g}–{1 - half:.3g}")
+    elif c["resolution"]:
+        out.append(f"an end lies at quantile {alpha_low:.2g} or {alpha_high:.6g}, on the most "
+                   f"extreme of {n_resamples} replicates")
+    return out
 
 
 def resample_indices(rng: np.random.Generator, n: int, n_resamples: int) -> np.ndarray:
@@ -210,7 +296,9 @@ def bootstrap_bca(statistic: Callable[..., np.ndarray], sizes: Sequence[int], *,
     ``statistic(*idx)`` takes one integer index array per axis, each (R, n_j) (R rows of
     resampled — or leave-one-out — indices into that axis) and returns (R, K) values.
     ``sizes`` = (n_models,) or (n_models, n_datasets) for two-way resampling.
-    Returns {"estimate" (K,), "low" (K,), "high" (K,), "se" (K,), "replicates" (B, K)}.
+    Returns {"estimate", "low", "high" (the BCa interval), "pct_low", "pct_high" (the
+    percentile interval), "se", "z0", "a", "alpha_low", "alpha_high" (:func:`bca_terms`), each
+    (K,), and "replicates" (B, K)}.
     """
     rng = np.random.default_rng(seed)
     full = [np.arange(n)[None, :] for n in sizes]
@@ -228,11 +316,14 @@ def bootstrap_bca(statistic: Callable[..., np.ndarray], sizes: Sequence[int], *,
         idx = [np.broadcast_to(f, (n, f.shape[1])) for f in full]
         idx[j] = loo
         jack.append(np.asarray(statistic(*idx), np.float64))
-    low, high = bca_interval(theta_hat, theta_b, jack, confidence)
+    terms = bca_terms(theta_hat, theta_b, jack, confidence)
+    low, high = _interval_at(theta_hat, theta_b, terms["alpha_low"], terms["alpha_high"])
+    pct_low, pct_high = percentile_interval(theta_hat, theta_b, confidence)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         se = np.nanstd(theta_b, axis=0, ddof=1)
-    return {"estimate": theta_hat, "low": low, "high": high, "se": se, "replicates": theta_b}
+    return {"estimate": theta_hat, "low": low, "high": high, "pct_low": pct_low,
+            "pct_high": pct_high, "se": se, **terms, "replicates": theta_b}
 
 
 def permutation_pvalues(x: np.ndarray, Y: np.ndarray, method: str = "pearson", *,
@@ -290,8 +381,10 @@ def correlate_columns(x: np.ndarray, Y: np.ndarray, *, n_resamples: int = 2000,
     """Pearson r and Spearman ρ of x against every column of Y, with BCa CIs resampling models
     (all columns share the same resamples) and permutation p-values.
 
-    x (m,), Y (m, K) without NaN. Returns one dict per column with pearson, pearson_ci,
-    spearman, spearman_ci, p_value (Pearson permutation), spearman_p_value, n_models, se.
+    x (m,), Y (m, K) without NaN. Returns one dict per column with pearson, pearson_ci (BCa),
+    pearson_ci_pct (percentile), pearson_bca (z0, a, α₁, α₂ and flags; see
+    :func:`_interval_fields`), the same four for spearman, p_value (Pearson permutation),
+    spearman_p_value, n_models, pearson_se.
     """
     x = np.asarray(x, np.float64)
     Y = np.asarray(Y, np.float64)
@@ -313,10 +406,8 @@ def correlate_columns(x: np.ndarray, Y: np.ndarray, *, n_resamples: int = 2000,
     out = []
     for k in range(K):
         out.append({
-            "pearson": _f(boot["estimate"][k]),
-            "pearson_ci": [_f(boot["low"][k]), _f(boot["high"][k])],
-            "spearman": _f(boot["estimate"][K + k]),
-            "spearman_ci": [_f(boot["low"][K + k]), _f(boot["high"][K + k])],
+            **_interval_fields(boot, k, "pearson", n_resamples, confidence),
+            **_interval_fields(boot, K + k, "spearman", n_resamples, confidence),
             "p_value": _f(p_r[k]),
             "spearman_p_value": _f(p_rho[k]),
             "pearson_se": _f(boot["se"][k]),
@@ -329,6 +420,25 @@ def _f(v) -> float | None:
     """A JSON-safe float (None for NaN/inf)."""
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def _interval_fields(boot: dict[str, np.ndarray], k: int, name: str, n_resamples: int,
+                     confidence: float) -> dict[str, Any]:
+    """Statistic k of a :func:`bootstrap_bca` result as JSON fields: ``<name>`` (estimate),
+    ``<name>_ci`` (BCa), ``<name>_ci_pct`` (percentile) and ``<name>_bca`` = {"z0", "a",
+    "alpha": [α₁, α₂], "flags": the :func:`bca_flags` reasons to distrust the BCa interval}.
+    A statistic that is undefined on the data (NaN) gets no flags."""
+    z0, a = float(boot["z0"][k]), float(boot["a"][k])
+    lo, hi = float(boot["alpha_low"][k]), float(boot["alpha_high"][k])
+    defined = math.isfinite(float(boot["estimate"][k])) and not math.isnan(z0)
+    return {
+        name: _f(boot["estimate"][k]),
+        f"{name}_ci": [_f(boot["low"][k]), _f(boot["high"][k])],
+        f"{name}_ci_pct": [_f(boot["pct_low"][k]), _f(boot["pct_high"][k])],
+        f"{name}_bca": {"z0": _f(z0), "a": _f(a), "alpha": [_f(lo), _f(hi)],
+                        "flags": bca_flags(z0, a, lo, hi, n_resamples, confidence)
+                        if defined else []},
+    }
 
 
 def adjusted_scores(Y: np.ndarray) -> np.ndarray:
@@ -354,7 +464,8 @@ def aggregate_correlation(x: np.ndarray, Y: np.ndarray, *, adjusted: bool = Fals
     complete). ``adjusted=True``: :func:`adjusted_scores` (NaN cells allowed; a model needs at
     least one dataset). ``two_way``: resample datasets as well as models (the CI then also
     covers "which datasets were chosen"); the jackknife acceleration sums over both axes.
-    x (m,), Y (m, D).
+    x (m,), Y (m, D). Fields as in :func:`correlate_columns`, plus n_datasets, two_way and the
+    per-model scores.
     """
     x = np.asarray(x, np.float64)
     Y = np.asarray(Y, np.float64)
@@ -375,10 +486,8 @@ def aggregate_correlation(x: np.ndarray, Y: np.ndarray, *, adjusted: bool = Fals
     p_r = permutation_pvalues(x, s[:, None], "pearson", n_resamples=n_perm, seed=seed + 1)[0]
     p_rho = permutation_pvalues(x, s[:, None], "spearman", n_resamples=n_perm, seed=seed + 1)[0]
     return {
-        "pearson": _f(boot["estimate"][0]),
-        "pearson_ci": [_f(boot["low"][0]), _f(boot["high"][0])],
-        "spearman": _f(boot["estimate"][1]),
-        "spearman_ci": [_f(boot["low"][1]), _f(boot["high"][1])],
+        **_interval_fields(boot, 0, "pearson", n_resamples, confidence),
+        **_interval_fields(boot, 1, "spearman", n_resamples, confidence),
         "p_value": _f(p_r),
         "spearman_p_value": _f(p_rho),
         "n_models": int(m),
@@ -489,23 +598,104 @@ def convergence_speedup(finetune_curve: Sequence[tuple[int, float]],
                         scratch_curve: Sequence[tuple[int, float]]) -> dict:
     """How many times fewer steps fine-tuning needs to reach scratch training's final accuracy.
 
-    target = the last point of the scratch curve; s_scratch, s_finetune = first (interpolated)
-    steps where each curve reaches it; speed-up = s_scratch / s_finetune (inf if fine-tuning is
-    there at step 0, NaN if it never gets there).
+    The paper's measure: the number of steps each run needs to reach one threshold, the final
+    test accuracy of the scratch run. target = the last point of the scratch curve; s_scratch,
+    s_finetune = the first (linearly interpolated) steps at which each curve is at or above it
+    (:func:`steps_to_reach`); speed-up = s_scratch / s_finetune. Every case is defined:
+
+    * scratch always reaches its own final accuracy (at its last evaluation at the latest), so
+      s_scratch is finite; it is 0 when the first evaluation is already at the final accuracy
+      (scratch training never improved on it);
+    * fine-tuning reaches the target: ``reached`` is True and ``speedup`` = s_scratch /
+      s_finetune, which is "inf" when fine-tuning is there at its first evaluation (step 0,
+      before any training) and scratch is not, 0.0 when scratch is and fine-tuning is not, and
+      1.0 when both are (neither needs a step);
+    * fine-tuning never reaches it within its curve: ``reached`` is False, ``speedup`` is None
+      and ``speedup_below`` = s_scratch / T (T = the last fine-tune step) bounds it: it would
+      need more than T steps, so its speed-up is below that (below 1 whenever fine-tuning ran at
+      least as many steps as scratch needed). Summaries rank such a cell below every reached
+      one (:func:`median_speedup`).
+
+    Returns {"target", "steps_scratch", "steps_finetune" (None if not reached), "speedup"
+    (float, "inf" or None), "reached" (bool or None), "speedup_below" (float, "inf" or None)};
+    all None when a curve is empty.
     """
     if not finetune_curve or not scratch_curve:
-        return {"target": None, "steps_scratch": None, "steps_finetune": None, "speedup": None}
+        return {"target": None, "steps_scratch": None, "steps_finetune": None,
+                "speedup": None, "reached": None, "speedup_below": None}
     target = float(scratch_curve[-1][1])
     s_s = steps_to_reach(scratch_curve, target)
     s_f = steps_to_reach(finetune_curve, target)
+    out = {"target": target, "steps_scratch": _f(s_s), "steps_finetune": _f(s_f),
+           "speedup": None, "reached": not math.isnan(s_f), "speedup_below": None}
     if math.isnan(s_f):
-        speed = float("nan")
-    elif s_f <= 0:
-        speed = float("inf")
+        last = float(finetune_curve[-1][0])
+        out["speedup_below"] = _ratio(s_s, last)
     else:
-        speed = s_s / s_f
-    return {"target": target, "steps_scratch": _f(s_s), "steps_finetune": _f(s_f),
-            "speedup": None if math.isnan(speed) else (speed if math.isfinite(speed) else "inf")}
+        out["speedup"] = _ratio(s_s, s_f)
+    return out
+
+
+def _ratio(num: float, den: float) -> float | str:
+    """num / den of step counts >= 0: "inf" for num > 0 = den, 1.0 for 0 / 0 (equal counts)."""
+    if den > 0:
+        return num / den
+    return "inf" if num > 0 else 1.0
+
+
+def median_speedup(cells: Sequence[dict]) -> dict:
+    """Median convergence speed-up over cells (:func:`convergence_speedup` results; cells
+    without both curves, ``reached`` None, are not counted), with never-reached cells in.
+
+    A cell whose fine-tuning never reached scratch's final accuracy ranks below every cell that
+    did (its speed-up is below its ``speedup_below`` bound, usually below 1; dropping it would
+    bias the median upward), "inf" above every finite value. (Where a bound is above some
+    reached value, as when fine-tuning got fewer steps than scratch needed, that ranking is a
+    convention: the cell is taken as slower than every cell that got there.) The median of n
+    values is the
+    middle one (odd n) or the mean of the two middle ones (even n), so:
+
+    * more than half reached: the median is a number (float, or "inf" when the middle values
+      are infinite) and ``median_speedup_below`` is None;
+    * half or fewer reached: a middle value is a never-reached cell, the median is not known;
+      ``median_speedup`` is None and ``median_speedup_below`` bounds it: the median of the
+      values with each never-reached cell at its bound (every true value is below its stand-in,
+      so their median is too);
+    * no cells: both None.
+
+    Returns {"median_speedup", "median_speedup_below", "speedup_cells" (n), "speedup_reached",
+    "speedup_infinite" (reached at fine-tuning's first evaluation)}.
+    """
+    cs = [c for c in cells if c.get("reached") is not None]
+    n = len(cs)
+    hit = [_as_float(c["speedup"]) for c in cs if c["reached"]]
+    out = {"median_speedup": None, "median_speedup_below": None, "speedup_cells": n,
+           "speedup_reached": len(hit), "speedup_infinite": sum(math.isinf(v) for v in hit)}
+    if n == 0:
+        return out
+    if 2 * len(hit) > n:
+        # never-reached cells at -inf: the middle order statistics are reached values
+        vals = sorted([-math.inf] * (n - len(hit)) + hit)
+        out["median_speedup"] = _inf_or_f(_middle(vals))
+    else:
+        stand_in = sorted(hit + [_as_float(c["speedup_below"]) for c in cs if not c["reached"]])
+        out["median_speedup_below"] = _inf_or_f(_middle(stand_in))
+    return out
+
+
+def _as_float(v) -> float:
+    return math.inf if v == "inf" else float(v)
+
+
+def _middle(vals: list[float]) -> float:
+    """Median of sorted values (mean of the two middle ones for even length; inf stays inf)."""
+    n = len(vals)
+    lo, hi = vals[(n - 1) // 2], vals[n // 2]
+    return lo if lo == hi else (lo + hi) / 2.0
+
+
+def _inf_or_f(v: float) -> float | str:
+    return "inf" if v == math.inf else float(v)
 
 
 # ---------------------------------------------------------------------------------------------
