@@ -254,26 +254,29 @@ def run_extractor(extractor: nn.Module, batches: Iterable, device: torch.device,
 
 
 def input_plan(mv, info) -> tuple[Any, int | None]:
-    """(per-image transform for the dataset, on-device resize side or None) of a version."""
-    from suite.models import CNN, preprocessing
+    """(per-image transform for the dataset, on-device resize side or None) of a version: what
+    turns the dataset's items into the inputs the network was trained on. The probe's
+    extraction and fine-tuning both use it.
+
+    The network always sees inputs normalised with its own training statistics
+    (:func:`suite.models.input_normalisation`): on-disk images go through the architecture's
+    preprocessing cropped to the network's side and normalised with those statistics; the
+    synthetic sets, generated normalised with ``synthetic.MEAN/STD`` at their native side, are
+    re-normalised to them (:class:`suite.models.Renormalise`, none when they agree, as for a
+    SmallCNN pretrained on ``synth-source``) and resized on the device when the network was
+    registered at another side (an ImageNet checkpoint: 224).
+    """
+    from suite import models
+    from suite.data import synthetic
 
     tags = mv.tags or {}
-    arch = tags.get(tracking.VTAG_ARCH) or CNN
-    weights = tags.get("weights") or None
-    if weights is not None and "." in weights and "_Weights." not in weights:
-        weights = None  # a timm id: preprocessing() takes the timm name from the arch
-    transform, side = preprocessing(arch, weights)
-    side = int(tags.get("image_size") or side)
+    side = models.input_side(tags)
+    mean, std = models.input_normalisation(tags)
     if info.kind == "synthetic":
-        # Generated normalised at their native side: only a resize if the network wants another.
-        return None, (side if side != info.image_size else None)
-    if hasattr(transform, "crop_size") and int(transform.crop_size[0]) != side:
-        from torchvision.transforms._presets import ImageClassification
-
-        transform = ImageClassification(crop_size=side, resize_size=round(side * 256 / 224),
-                                        mean=transform.mean, std=transform.std,
-                                        interpolation=transform.interpolation)
-    return transform, None
+        renorm = models.make_renormalise(synthetic.MEAN, synthetic.STD, mean, std)
+        return renorm, (side if side != info.image_size else None)
+    transform, _ = models.version_preprocessing(tags)
+    return models.with_normalisation(transform, side, mean, std), None
 
 
 _LOADED: tuple[tuple[str, str, str], nn.Module] | None = None

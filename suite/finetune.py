@@ -2,24 +2,44 @@
 target dataset over a learning-rate × weight-decay grid.
 
 :func:`run_finetune` reads the registered version ``cfg.model_name``/``cfg.model_version`` (its
-weights for ``setting=finetune``, only its architecture tags for ``setting=scratch``) and the
-target's ``train``, ``val`` and ``test`` splits, and writes, in the study's experiment:
+weights for ``setting=finetune``, only its architecture and input tags for ``setting=scratch``)
+and the target's ``train``, ``val`` and ``test`` splits, and writes, in the study's experiment:
 
 - a parent run (tags ``suite.stage=finetune``, ``suite.setting``, ``suite.model``,
   ``suite.model_version``, ``suite.dataset``, ``suite.cell``, ``suite.selected_run``) with the
-  config as params and metrics ``val_accuracy``, ``test_accuracy`` (percent, the dataset's
-  metric), ``selected_lr``, ``selected_wd`` and the histories ``curve_val_accuracy`` /
-  ``curve_test_accuracy`` of the selected point (step = optimisation step, step 0 = before
-  training);
+  config and the target recipe (below) as params and metrics ``val_accuracy``,
+  ``test_accuracy`` (percent, the dataset's metric), ``selected_lr``, ``selected_wd`` and the
+  histories ``curve_val_accuracy`` / ``curve_test_accuracy`` of the selected point (step =
+  optimisation step, step 0 = before training);
 - one nested child run per grid point (tag ``suite.stage=finetune-point``) with params ``lr``,
-  ``weight_decay``, metrics ``val_accuracy``, ``test_accuracy``, ``train_loss`` and the same two
-  curves. No model artifacts are logged (they would dominate the cost of a small study).
+  ``weight_decay`` and the target recipe, metrics ``val_accuracy``, ``test_accuracy``,
+  ``train_loss`` and the same two curves. No model artifacts are logged (they would dominate
+  the cost of a small study).
 
-Inputs are preprocessed exactly as for the probe's features: on-disk images through the
-version's own transform, synthetic ones resized on the device when the network was registered at
-another input side. Training uses no augmentation and plain (un-smoothed) targets; a kept
-auxiliary head is trained with weight 0.4; multi-label targets (VOC2007, metric ``map11``) use
-binary cross-entropy.
+Target recipe: one for every network and every variant, so that the four training choices of
+the paper (no BN γ, label smoothing, dropout, auxiliary head) are compared as pretraining
+choices only, never as regularisers of target training (params ``target_dropout``,
+``target_aux_head``, ``target_label_smoothing``, ``target_bn_scale``):
+
+- no dropout before the classifier (p = 0), for suite-pretrained variants and ImageNet
+  checkpoints alike (an architecture's own, e.g. MobileNet's 0.2, is set to 0 too: the grid's
+  weight decay is the target's regulariser);
+- no auxiliary head (dropped: its logits are never trained or scored);
+- plain targets (no label smoothing), no augmentation; multi-label targets (VOC2007, metric
+  ``map11``) use binary cross-entropy;
+- batch-norm γ: fine-tuning keeps the checkpoint's parameterisation (a ``bn_scale=false``
+  network's later weights carry the scale that γ would); scratch builds the architecture as it
+  is built by default (γ learned).
+
+Scratch is therefore one network per architecture: its cell key holds the architecture spec
+(:func:`scratch_spec`: architecture, width/depth for ``cnn``, input side and preprocessing),
+not the model's name or version, so models that share an architecture share one scratch cell
+(:func:`scratch_representative` names the model it is reported under).
+
+Inputs are preprocessed exactly as for the probe's features (:func:`suite.features.input_plan`):
+normalised with the network's own training statistics, on-disk images through the version's
+transform, synthetic ones re-normalised and resized on the device when the network was
+registered at another input side.
 
 Selection: the point with the best final validation score (ties: the smaller learning rate, then
 the smaller weight decay); its test score is reported. Unlike the logistic probe, which refits on
@@ -27,8 +47,9 @@ train+val as the paper does, fine-tuning is not refit: every point is trained on
 so that the reported test score belongs to exactly the network that was selected (refitting would
 cost another full training run per cell).
 
-Resume: a FINISHED parent run with the same cell (setting, model name and version, dataset,
-grid, steps, batch size, seed) is returned as is (``reused=True``). A failure anywhere marks the
+Resume: a FINISHED parent run with the same cell (setting, model name and version for
+fine-tuning or the architecture spec for scratch, dataset, grid, steps, batch size, seed, target
+recipe) is returned as is (``reused=True``). A failure anywhere marks the
 point and the parent FAILED, and a re-run starts the cell over.
 """
 
@@ -43,18 +64,31 @@ from dataclasses import dataclass
 import torch
 
 from suite import tracking
-from suite.config import FinetuneConfig, Setting
+from suite.config import FinetuneConfig, ModelConfig, Setting
 from suite.data.files import log_skipped
 from suite.errors import SuiteError
 from suite.progress import make_progress, resolve_device
-from suite.train import (AUX_WEIGHT, cosine_schedule, cycle_batches, eval_loader, evaluate,
-                         make_optimizer, to_device, train_steps)
+from suite.train import (
+    cosine_schedule,
+    cycle_batches,
+    eval_loader,
+    evaluate,
+    make_optimizer,
+    to_device,
+    train_steps,
+)
 
 TAG_SELECTED_RUN = "suite.selected_run"
 POINT_STAGE = "finetune-point"
 CURVE_VAL = "curve_val_accuracy"
 CURVE_TEST = "curve_test_accuracy"
 _BATCH_METRICS = 1000  # MLflow's limit on metrics per log_batch call
+# The target-training recipe (module docstring): the same for every network and variant.
+TARGET_DROPOUT = 0.0  # p of the dropout before the classifier during target training
+TARGET_AUX_HEAD = False  # auxiliary heads are dropped before target training
+TARGET_LABEL_SMOOTHING = 0.0
+# The training choices at their ModelConfig defaults: the baseline of the choice study.
+BASELINE_CHOICES = {c: getattr(ModelConfig("baseline"), c) for c in tracking.VTAG_CHOICES}
 
 
 @dataclass(frozen=True)
@@ -80,22 +114,91 @@ class _Point:
     curve_test: list[tuple[int, float]]
 
 
-def finetune_cell(cfg: FinetuneConfig, version: str) -> str:
-    """The resume key of a fine-tune/scratch cell for a resolved model version."""
-    return tracking.cell_key(
-        stage="finetune", setting=Setting(cfg.setting).value, model=cfg.model_name,
-        model_version=str(version), dataset=cfg.dataset, lrs=list(cfg.lrs),
-        weight_decays=list(cfg.weight_decays), steps=cfg.steps, batch_size=cfg.batch_size,
-        seed=cfg.seed, skip_corrupt=cfg.skip_corrupt)
+def target_recipe(setting: Setting, mv) -> dict[str, object]:
+    """The target-training recipe of a cell (module docstring), as logged params."""
+    from suite.models import _tag_bool
+
+    bn_scale = True if setting is Setting.scratch else _tag_bool(
+        (mv.tags or {}).get("bn_scale"), True)
+    return {"target_dropout": TARGET_DROPOUT, "target_aux_head": TARGET_AUX_HEAD,
+            "target_label_smoothing": TARGET_LABEL_SMOOTHING, "target_bn_scale": bn_scale}
+
+
+def scratch_spec(tags: dict) -> dict[str, object]:
+    """What defines a scratch result besides the target and the grid, from a version's tags:
+    the architecture (:func:`suite.models.architecture_spec`), the input side, and the on-disk
+    preprocessing with the network's normalisation (which also fixes the synthetic sets'
+    re-normalisation), so that the scratch network sees the inputs its fine-tuned counterpart
+    sees. Training choices and names are not in it."""
+    from suite import models
+
+    side = models.input_side(tags)
+    transform = models.with_normalisation(models.version_preprocessing(tags)[0], side,
+                                          *models.input_normalisation(tags))
+    return {**models.architecture_spec(tags), "image_size": side,
+            "preprocessing": models.preprocessing_summary(transform)}
+
+
+def scratch_key(tags: dict) -> str:
+    """Short hash of :func:`scratch_spec`: equal for versions that share one scratch network."""
+    return tracking.cell_key(**scratch_spec(tags))
+
+
+def _choice_value(v: str | None):
+    low = str(v).strip().lower() if v is not None else ""
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return float(low)
+    except ValueError:
+        return None  # unknown (a third-party checkpoint's label smoothing)
+
+
+def is_baseline(tags: dict) -> bool:
+    """Every training choice of a version at its default (:data:`BASELINE_CHOICES`)."""
+    return all(_choice_value(tags.get(c)) == d for c, d in BASELINE_CHOICES.items())
+
+
+def scratch_representative(tag_sets: list[dict]) -> int:
+    """Index of the version a shared scratch result is reported under, among versions with one
+    :func:`scratch_spec`: a baseline (:func:`is_baseline`) if there is one, since a variant's
+    source accuracy reflects its training choice, not the architecture; among those the highest
+    source top-1 (the architecture's best-trained copy, as the paper plots each architecture at
+    its ImageNet accuracy; an under-trained copy would misplace the point); ties: the first."""
+    idx = [i for i, t in enumerate(tag_sets) if is_baseline(t)] or list(range(len(tag_sets)))
+
+    def top1(i: int) -> float:
+        try:
+            v = float(tag_sets[i].get(tracking.VTAG_SOURCE_TOP1))
+        except (TypeError, ValueError):
+            return -math.inf
+        return v if math.isfinite(v) else -math.inf
+
+    return max(idx, key=lambda i: (top1(i), -i))
+
+
+def finetune_cell(cfg: FinetuneConfig, mv) -> str:
+    """The resume key of a fine-tune/scratch cell for a resolved model version ``mv``:
+    fine-tuning is keyed by the model's name and version, scratch by :func:`scratch_spec`."""
+    setting = Setting(cfg.setting)
+    parts = {"stage": "finetune", "setting": setting.value, "dataset": cfg.dataset,
+             "lrs": list(cfg.lrs), "weight_decays": list(cfg.weight_decays),
+             "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
+             "skip_corrupt": cfg.skip_corrupt, "target": target_recipe(setting, mv)}
+    if setting is Setting.scratch:
+        return tracking.cell_key(**parts, network=scratch_spec(mv.tags or {}))
+    return tracking.cell_key(**parts, model=cfg.model_name, model_version=str(mv.version))
 
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Train every (lr, wd) point of the grid, select on validation, report test."""
+    import mlflow
+
     setting = Setting(cfg.setting)
     _check(cfg, setting)
     mv = tracking.get_version(cfg.model_name, cfg.model_version)
     version = str(mv.version)
-    cell = finetune_cell(cfg, version)
+    cell = finetune_cell(cfg, mv)
     done = tracking.find_finished_run(cfg.study, cell)
     if done is not None:
         m = done.data.metrics
@@ -116,6 +219,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
                                    model_version=version, dataset=cfg.dataset,
                                    setting=setting.value)
     grid = list(itertools.product(cfg.lrs, cfg.weight_decays))
+    recipe = target_recipe(setting, mv)
     run_name = f"{setting.value} {cfg.model_name}/v{version} on {cfg.dataset}"
     with tracking.start_run(cfg.study, run_name, tags) as parent:
         # Inside an MLflow Project the parent has just resumed the launched run MLFLOW_RUN_ID.
@@ -124,6 +228,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if os.environ.get("MLFLOW_RUN_ID") == parent.info.run_id:
             del os.environ["MLFLOW_RUN_ID"]
         tracking.log_config(cfg)
+        mlflow.log_params(recipe)
         log_skipped([data.train, data.val_loader.dataset, data.test_loader.dataset],
                     cfg.dataset)
         points = []
@@ -133,7 +238,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
                 with tracking.start_run(cfg.study, f"lr={lr:g} wd={wd:g}", point_tags,
                                         nested=True) as child:
                     points.append(_train_point(cfg, setting, mv, base, data, lr, wd, device,
-                                               child.info.run_id, lambda: bar.advance(task)))
+                                               child.info.run_id, lambda: bar.advance(task),
+                                               recipe))
         best = select_point(points)
         _log_selected(parent.info.run_id, best, cfg.steps)
     return FinetuneResult(parent.info.run_id, best.val_accuracy, best.test_accuracy, best.lr,
@@ -167,8 +273,9 @@ class _Data:
 
 def _load_data(cfg: FinetuneConfig, mv) -> _Data:
     """The target's splits, preprocessed exactly as the probe's features are (same plan:
-    :func:`suite.features.input_plan`): on-disk images through the version's own transform,
-    synthetic ones resized on the device when the network was registered at another side."""
+    :func:`suite.features.input_plan`): normalised with the network's own statistics, on-disk
+    images through the version's transform, synthetic ones resized on the device when the
+    network was registered at another side."""
     from suite.data import get_info, load_split
     from suite.features import input_plan
 
@@ -178,8 +285,8 @@ def _load_data(cfg: FinetuneConfig, mv) -> _Data:
             f"Dataset {cfg.dataset!r} has {info.num_classes} class(es); fine-tuning a classifier "
             "needs at least 2.", "Use a dataset with two or more classes.")
     transform, resize_to = input_plan(mv, info)
-    split = dict(root=cfg.data_root, transform=transform, seed=cfg.seed,
-                 skip_corrupt=cfg.skip_corrupt)
+    split = {"root": cfg.data_root, "transform": transform, "seed": cfg.seed,
+             "skip_corrupt": cfg.skip_corrupt}
     train, val, test = (load_split(cfg.dataset, s, **split) for s in ("train", "val", "test"))
     return _Data(info=info, train=train,
                  val_loader=eval_loader(val, num_workers=cfg.num_workers),
@@ -190,7 +297,7 @@ def _load_data(cfg: FinetuneConfig, mv) -> _Data:
 class _Resized(torch.nn.Module):
     """``model`` applied to images resized to ``side`` × ``side`` (bilinear, antialiased: the
     resize the probe's feature extraction applies), for a network registered at another input
-    size than the target's images. Outputs (logits or (logits, aux)) pass through."""
+    size than the target's images."""
 
     def __init__(self, model: torch.nn.Module, side: int):
         super().__init__()
@@ -203,19 +310,29 @@ class _Resized(torch.nn.Module):
 
 
 def _build(setting: Setting, mv, base, num_classes: int, seed: int) -> torch.nn.Module:
-    """The network of one grid point: pretrained weights with a fresh head (finetune) or the same
-    architecture and training choices at random init (scratch). The new head's (or the whole
-    network's) initialisation follows ``seed``, identical for every grid point."""
-    from suite.models import architecture_from_version, replace_head
+    """The network of one grid point under the target recipe (module docstring): pretrained
+    weights with a fresh head (finetune) or the version's architecture at random init, without
+    its training choices (scratch). The new head's (or the whole network's) initialisation
+    follows ``seed``, identical for every grid point."""
+    from suite.models import (
+        architecture_from_version,
+        drop_aux_head,
+        replace_head,
+        set_dropout,
+    )
 
     torch.manual_seed(seed)
     if setting is Setting.finetune:
-        return replace_head(copy.deepcopy(base), num_classes)
-    return architecture_from_version(mv, num_classes)
+        model = replace_head(drop_aux_head(copy.deepcopy(base)), num_classes)
+    else:
+        model = architecture_from_version(mv, num_classes)
+    set_dropout(model, TARGET_DROPOUT)
+    return model
 
 
 def _train_point(cfg: FinetuneConfig, setting: Setting, mv, base, data: _Data, lr: float,
-                 wd: float, device: torch.device, run_id: str, on_step) -> _Point:
+                 wd: float, device: torch.device, run_id: str, on_step,
+                 recipe: dict[str, object]) -> _Point:
     """Train one grid point inside its (active) child run and log it."""
     info = data.info
     model = _build(setting, mv, base, info.num_classes, cfg.seed)
@@ -233,13 +350,15 @@ def _train_point(cfg: FinetuneConfig, setting: Setting, mv, base, data: _Data, l
         curve_val.append((step, evaluate(model, data.val_loader, info.metric, device)))
         curve_test.append((step, evaluate(model, data.test_loader, info.metric, device)))
 
-    # Fine-tuning uses plain (un-smoothed) targets; a kept auxiliary head still gets weight 0.4.
+    # The target recipe: plain targets; the auxiliary head was dropped in _build.
     loss = train_steps(model, batches, cfg.steps, optimizer, scheduler, device=device,
-                       aux_weight=AUX_WEIGHT, multilabel=info.multilabel, on_eval=on_eval,
+                       label_smoothing=TARGET_LABEL_SMOOTHING, aux_weight=0.0,
+                       multilabel=info.multilabel, on_eval=on_eval,
                        eval_every=cfg.eval_every, on_step=on_step)
     val, test = curve_val[-1][1], curve_test[-1][1]  # the last evaluation is at step == steps
     _log_batch(run_id, {"val_accuracy": val, "test_accuracy": test, "train_loss": loss},
-               cfg.steps, curve_val, curve_test, params={"lr": lr, "weight_decay": wd})
+               cfg.steps, curve_val, curve_test,
+               params={"lr": lr, "weight_decay": wd, **recipe})
     return _Point(lr, wd, run_id, val, test, curve_val, curve_test)
 
 
@@ -282,4 +401,16 @@ def _log_batch(run_id: str, final: dict[str, float], step: int, curve_val, curve
         client.log_batch(run_id, metrics=metrics[i:i + _BATCH_METRICS])
 
 
-__all__ = ["FinetuneResult", "run_finetune", "finetune_cell", "select_point", "TAG_SELECTED_RUN"]
+__all__ = [
+    "BASELINE_CHOICES",
+    "TAG_SELECTED_RUN",
+    "FinetuneResult",
+    "finetune_cell",
+    "is_baseline",
+    "run_finetune",
+    "scratch_key",
+    "scratch_representative",
+    "scratch_spec",
+    "select_point",
+    "target_recipe",
+]

@@ -82,23 +82,24 @@ def _flag(name: str, on: bool) -> str:
 def pretrain_params(cfg: PretrainConfig) -> dict[str, object]:
     """MLproject parameters of projects/pretrain for a config."""
     m = cfg.model
-    return dict(name=m.name, study=cfg.study, arch=m.arch, width=m.width, depth=m.depth,
-                bn_scale=m.bn_scale, label_smoothing=m.label_smoothing, dropout=m.dropout,
-                aux_head=m.aux_head, epochs=m.epochs, source=cfg.source,
-                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                seed=cfg.seed, registered_name=cfg.registered_name, data_root=cfg.data_root,
-                device=cfg.device, num_workers=cfg.num_workers,
-                skip_corrupt_flag=_flag("skip-corrupt", cfg.skip_corrupt))
+    return {"name": m.name, "study": cfg.study, "arch": m.arch, "width": m.width,
+            "depth": m.depth, "bn_scale": m.bn_scale, "label_smoothing": m.label_smoothing,
+            "dropout": m.dropout, "aux_head": m.aux_head, "epochs": m.epochs,
+            "source": cfg.source, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay, "seed": cfg.seed,
+            "registered_name": cfg.registered_name, "data_root": cfg.data_root,
+            "device": cfg.device, "num_workers": cfg.num_workers,
+            "skip_corrupt_flag": _flag("skip-corrupt", cfg.skip_corrupt)}
 
 
 def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
     """MLproject parameters of projects/finetune for a config."""
-    return dict(model=cfg.model_name, dataset=cfg.dataset, setting=cfg.setting,
-                version=cfg.model_version, study=cfg.study, lrs=cfg.lrs,
-                wds=cfg.weight_decays, steps=cfg.steps, batch_size=cfg.batch_size,
-                eval_every=cfg.eval_every, seed=cfg.seed, data_root=cfg.data_root,
-                device=cfg.device, num_workers=cfg.num_workers,
-                skip_corrupt_flag=_flag("skip-corrupt", cfg.skip_corrupt))
+    return {"model": cfg.model_name, "dataset": cfg.dataset, "setting": cfg.setting,
+            "version": cfg.model_version, "study": cfg.study, "lrs": cfg.lrs,
+            "wds": cfg.weight_decays, "steps": cfg.steps, "batch_size": cfg.batch_size,
+            "eval_every": cfg.eval_every, "seed": cfg.seed, "data_root": cfg.data_root,
+            "device": cfg.device, "num_workers": cfg.num_workers,
+            "skip_corrupt_flag": _flag("skip-corrupt", cfg.skip_corrupt)}
 
 
 def launch_pretrain(cfg: PretrainConfig) -> tuple[str, str, bool]:
@@ -119,8 +120,8 @@ def launch_finetune(cfg: FinetuneConfig) -> tuple[str, bool]:
     returns (parent run id, reused) like the in-process path."""
     from suite.finetune import finetune_cell
 
-    version = str(tracking.get_version(cfg.model_name, cfg.model_version).version)
-    done = tracking.find_finished_run(cfg.study, finetune_cell(cfg, version))
+    mv = tracking.get_version(cfg.model_name, cfg.model_version)
+    done = tracking.find_finished_run(cfg.study, finetune_cell(cfg, mv))
     if done is not None:
         return done.info.run_id, True
     return launch_project("finetune", finetune_params(cfg), cfg.study), False

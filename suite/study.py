@@ -2,8 +2,15 @@
 
 Reads: a :class:`~suite.config.StudyConfig` (YAML or preset). Writes, into the study's MLflow
 experiment: one pretrain run + registered model version per model, one probe run per
-(model, dataset), one fine-tune and one scratch parent run (with a child per grid point) per
-(model, dataset), and one analysis run with the correlation table, figures and report.
+(model, dataset), one fine-tune parent run (with a child per grid point) per (model, dataset),
+one scratch parent run per (architecture, dataset), and one analysis run with the correlation
+table, figures and report.
+
+Scratch trains an architecture, not a checkpoint: models that share one
+(:func:`suite.finetune.scratch_spec`: architecture, width/depth, input side and preprocessing;
+not the training choices or epochs) share one scratch cell, run under their representative
+(:func:`suite.finetune.scratch_representative`: a baseline, the highest source top-1) and
+reported under it by the analysis.
 
 Resumable by construction: every stage function looks its cell up in MLflow first
 (``suite.cell`` tag on runs, on registered versions for pretraining) and reuses a FINISHED
@@ -18,8 +25,18 @@ import time
 from dataclasses import dataclass, field
 
 from suite import tracking
-from suite.config import (AnalysisConfig, FinetuneConfig, GridOptions, Launcher, ModelConfig,
-                          PretrainConfig, ProbeConfig, Setting, StudyConfig, study_to_yaml)
+from suite.config import (
+    AnalysisConfig,
+    FinetuneConfig,
+    GridOptions,
+    Launcher,
+    ModelConfig,
+    PretrainConfig,
+    ProbeConfig,
+    Setting,
+    StudyConfig,
+    study_to_yaml,
+)
 from suite.progress import console, make_progress
 
 
@@ -105,6 +122,28 @@ def _finetune(fcfg: FinetuneConfig, launcher: Launcher) -> bool:
     return finetune.run_finetune(fcfg).reused
 
 
+def _scratch_group_guess(model: ModelConfig) -> tuple:
+    """Models that surely share a scratch network, from their configs alone (for the cell count
+    announced before pretraining; :func:`_scratch_models` decides from the registered tags)."""
+    shape = (model.width, model.depth) if model.arch == "cnn" else ()
+    return (model.arch, *shape, model.weights or model.weights_file or "source")
+
+
+def _scratch_models(cfg: StudyConfig, versions: dict[str, tuple[str, str]]) -> list[ModelConfig]:
+    """One model per distinct scratch network (:func:`suite.finetune.scratch_key` of its
+    registered tags), its group's :func:`~suite.finetune.scratch_representative`, in study
+    order."""
+    from suite.finetune import scratch_key, scratch_representative
+
+    groups: dict[str, list[tuple[ModelConfig, dict]]] = {}
+    for model in cfg.models:
+        tags = dict(tracking.get_version(*versions[model.name]).tags or {})
+        groups.setdefault(scratch_key(tags), []).append((model, tags))
+    chosen = [members[scratch_representative([t for _, t in members])][0]
+              for members in groups.values()]
+    return [m for m in cfg.models if m in chosen]
+
+
 def run_study(cfg: StudyConfig, analysis: bool = True) -> StudyResult:
     """Run every cell of the study that is not already complete in MLflow, then analyse."""
     from suite.probe import run_probe
@@ -116,8 +155,10 @@ def run_study(cfg: StudyConfig, analysis: bool = True) -> StudyResult:
     res = StudyResult(cfg.name)
     pairs = list(itertools.product(cfg.models, cfg.datasets))
     trained = [s for s in (Setting.finetune, Setting.scratch) if s in cfg.settings]
+    n_scratch = len({_scratch_group_guess(m) for m in cfg.models}) * len(cfg.datasets)
     n_cells = (len(cfg.models) + (len(pairs) if Setting.logistic in cfg.settings else 0)
-               + len(pairs) * len(trained))
+               + (len(pairs) if Setting.finetune in trained else 0)
+               + (n_scratch if Setting.scratch in trained else 0))
     console.print(f"study [bold]{cfg.name}[/]: {len(cfg.models)} models × "
                   f"{len(cfg.datasets)} datasets × {len(cfg.settings)} settings "
                   f"({n_cells} cells) → experiment {cfg.name!r} in {tracking.current_uri()}")
@@ -141,8 +182,12 @@ def run_study(cfg: StudyConfig, analysis: bool = True) -> StudyResult:
                 name, version = res.versions[model.name]
                 progress.update(task, description=f"probe {model.name} on {ds}")
                 done(run_probe(make_probe_config(cfg, name, version, ds)).reused)
+        scratch = _scratch_models(cfg, res.versions) if Setting.scratch in trained else []
+        if scratch and len(scratch) * len(cfg.datasets) != n_scratch:  # the guess was off
+            progress.update(task, total=n_cells - n_scratch + len(scratch) * len(cfg.datasets))
         for setting in trained:
-            for model, ds in pairs:
+            models = cfg.models if setting is Setting.finetune else scratch
+            for model, ds in itertools.product(models, cfg.datasets):
                 name, version = res.versions[model.name]
                 progress.update(task, description=f"{setting.value} {model.name} on {ds}")
                 done(_finetune(make_finetune_config(cfg, name, version, ds, setting),

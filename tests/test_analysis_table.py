@@ -14,23 +14,38 @@ from suite.errors import SuiteError
 
 STUDY = "tbl"
 DATASETS = ("d1", "d2")
-BASE = dict(architecture="cnn", width=16, depth=1, bn_scale=True, label_smoothing=0.0,
-            dropout=0.0, aux_head=False)
+BASE = {"architecture": "cnn", "width": 16, "depth": 1, "bn_scale": True,
+        "label_smoothing": 0.0, "dropout": 0.0, "aux_head": False}
 # name -> (source top-1, design changes from BASE)
 MODELS = {
     "base": (70.0, {}),
-    "nobn": (69.5, {"bn_scale": False}),  # one choice differs from base -> a pair
+    # one choice differs from base -> a pair, though it was pretrained as an MLflow Project (its
+    # run's params also hold the entry point's unprefixed ones: name, bn_scale, epochs)
+    "nobn": (69.5, {"bn_scale": False}),
     "ls": (70.5, {"label_smoothing": 0.1}),  # one choice differs from base -> a pair
     "wide": (75.0, {"width": 32}),  # width is not a training choice -> no pair
+    "deep": (72.0, {"depth": 2}),  # nor is depth
     # same tags as nobn but pretrained for fewer epochs (pretrain run params) -> no pair
     "short": (60.0, {"bn_scale": False}),
+    # base's architecture and choices, 2 epochs: a second baseline copy of the architecture
+    "under": (50.0, {}),
 }
+PROJECT = {"nobn"}  # pretrained through the MLflow Project launcher
+EPOCHS = {"short": 1, "under": 2}  # the others: 4
+# Scratch trains an architecture: one accuracy per (width, depth), whichever model ran it.
+SCRATCH_ACC = {(16, 1): 40.0, (32, 1): 45.0, (16, 2): 42.0}
+
+
+def _design(model: str) -> dict:
+    return {**BASE, **MODELS[model][1]}
 
 
 def _acc(model: str, dataset: str, setting: str) -> float:
+    if setting == "scratch":
+        d = _design(model)
+        return SCRATCH_ACC[(d["width"], d["depth"])] - 10 * DATASETS.index(dataset)
     src = MODELS[model][0]
-    return round(src - 10 * DATASETS.index(dataset) - {"logistic": 5, "finetune": 0,
-                                                       "scratch": 15}[setting], 3)
+    return round(src - 10 * DATASETS.index(dataset) - {"logistic": 5, "finetune": 0}[setting], 3)
 
 
 def _curve(setting: str) -> list[tuple[int, float]]:
@@ -44,15 +59,19 @@ def _log_study() -> None:
     import mlflow
 
     runs = {}
-    for epochs in (4, 1):
+    for epochs, project in ((4, False), (4, True), (1, False), (2, False)):
         with tracking.start_run(STUDY, "pretrain", tracking.run_tags(STUDY, "pretrain")) as run:
-            mlflow.log_params({"model.epochs": epochs, "lr": 0.1, "model.name": f"e{epochs}",
-                               "model.bn_scale": True})
+            params = {"model.epochs": epochs, "lr": 0.1, "model.name": f"e{epochs}",
+                      "model.bn_scale": not project}
+            if project:  # what mlflow.projects.run logs for the entry point, before the stage
+                params.update(name="nobn", epochs=str(epochs), bn_scale="false", lr="0.1",
+                              skip_corrupt_flag="--no-skip-corrupt")
+            mlflow.log_params(params)
             for name in MODELS:
                 mlflow.log_text("weights", f"{name}/model/weights.txt")
-        runs[epochs] = run
+        runs[epochs, project] = run
     for name, (src, changes) in MODELS.items():
-        run = runs[1 if name == "short" else 4]
+        run = runs[EPOCHS.get(name, 4), name in PROJECT]
         tags = {**BASE, **changes, "source_top1": src, tracking.TAG_STUDY: STUDY,
                 "source_dataset": "synth-source", "run_id": run.info.run_id}
         tracking.register_version(run.info.run_id, "", tracking.registered_name(STUDY, name),
@@ -78,10 +97,9 @@ def _log_study() -> None:
     # A failed run must be ignored.
     tags = tracking.run_tags(STUDY, "probe", model=tracking.registered_name(STUDY, "base"),
                              model_version="1", dataset="d1", setting="logistic")
-    with pytest.raises(RuntimeError):
-        with tracking.start_run(STUDY, "failed", tags):
-            mlflow.log_metric("test_accuracy", 0.0)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), tracking.start_run(STUDY, "failed", tags):
+        mlflow.log_metric("test_accuracy", 0.0)
+        raise RuntimeError("boom")
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +118,20 @@ def study_store(tmp_path_factory, fresh_store):
 
 def test_table_from_mlflow(study_store):
     df, notes = table.load_study_table(STUDY)
-    assert notes == []
-    assert len(df) == len(MODELS) * (len(DATASETS) + 2) - 2  # "short" has no fine-tune runs
+    # The scratch runs of base, nobn, ls and under train one network: one point, under base.
+    assert len(notes) == 1 and "3 scratch run(s)" in notes[0]
+    n_trained = len(MODELS) - 1  # "short" has no fine-tune runs
+    assert len(df) == len(MODELS) * len(DATASETS) + n_trained + len(SCRATCH_ACC)
     recipes = df.groupby("model")["recipe"].first()
     assert recipes["short"] != recipes["base"] == recipes["nobn"] == recipes["wide"]
+    assert recipes["under"] != recipes["base"]
     assert set(df["model"]) == set(MODELS)  # study prefix stripped
+    # One scratch point per architecture, at its baseline's (highest) source accuracy.
+    assert sorted(df.loc[df["setting"] == "scratch", "model"]) == ["base", "deep", "wide"]
     for _, row in df.iterrows():
         assert row["accuracy"] == _acc(row["model"], row["dataset"], row["setting"])
         assert row["source_top1"] == MODELS[row["model"]][0]
-        expect = {**BASE, **MODELS[row["model"]][1]}
+        expect = _design(row["model"])
         for k in table.DESIGN:
             assert row[k] == expect[k], k
         assert row["version"] == "1" and isinstance(row["run_id"], str)
@@ -137,7 +160,7 @@ def test_run_analysis_on_a_study(study_store, tmp_path):
     s = res.stats
     assert list(s["settings"]) == ["logistic", "finetune", "scratch"]
     fvs = s["finetune_vs_scratch"]
-    assert fvs["per_dataset"]["d1"]["mean_diff"] == pytest.approx(15.0)
+    assert fvs["per_dataset"]["d1"]["mean_diff"] == pytest.approx(30.0)
     assert fvs["per_dataset"]["d1"]["median_speedup"] == pytest.approx(4.0)
     assert "curves" in res.figures and "choices" in res.figures
     pairs = {(c["baseline"], c["variant"], c["choice"]) for c in s["choices"]}
@@ -145,8 +168,11 @@ def test_run_analysis_on_a_study(study_store, tmp_path):
     nobn = next(c for c in s["choices"] if c["variant"] == "nobn")
     assert nobn["delta_source_top1"] == pytest.approx(-0.5)
     assert nobn["settings"]["logistic"]["n_datasets"] == 2
+    # A pretraining choice leaves the scratch network unchanged: no scratch comparison.
+    assert set(nobn["settings"]) == {"logistic", "finetune"}
+    assert s["settings"]["scratch"]["models"] == ["base", "deep", "wide"]
     data = json.loads(res.json_path.read_text())
-    assert data["settings"]["logistic"]["aggregate"]["n_models"] == 5
+    assert data["settings"]["logistic"]["aggregate"]["n_models"] == len(MODELS)
 
 
 # --------------------------------------------------------------------------- CSV and checks

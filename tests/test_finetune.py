@@ -67,9 +67,9 @@ def tiny(store, monkeypatch):
 
 
 def _cfg(**kw) -> FinetuneConfig:
-    base = dict(model_name="t-tiny", dataset="tiny-target", lrs=(0.01, 0.1),
-                weight_decays=(1e-4,), steps=12, batch_size=16, eval_every=5, study="t",
-                device="cpu")
+    base = {"model_name": "t-tiny", "dataset": "tiny-target", "lrs": (0.01, 0.1),
+            "weight_decays": (1e-4,), "steps": 12, "batch_size": 16, "eval_every": 5,
+            "study": "t", "device": "cpu"}
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -91,7 +91,7 @@ def test_grid_logs_parent_children_curves_and_resumes(tiny, setting):
     assert parent.info.status == "FINISHED"
     assert (t["suite.stage"], t["suite.setting"], t["suite.model"], t["suite.model_version"],
             t["suite.dataset"]) == ("finetune", setting.value, "t-tiny", "1", "tiny-target")
-    assert t["suite.cell"] == finetune_cell(cfg, "1")
+    assert t["suite.cell"] == finetune_cell(cfg, tracking.get_version("t-tiny", "1"))
     assert parent.data.params["setting"] == setting.value
 
     children = _runs(**{"mlflow.parentRunId": res.run_id})
@@ -183,7 +183,8 @@ def test_failing_point_marks_runs_failed_and_rerun_completes(tiny, monkeypatch):
     assert parent.info.status == "FAILED"
     kids = _runs(**{"mlflow.parentRunId": parent.info.run_id})
     assert sorted(c.info.status for c in kids) == ["FAILED", "FINISHED"]
-    assert tracking.find_finished_run("t", finetune_cell(cfg, "1")) is None
+    assert tracking.find_finished_run(
+        "t", finetune_cell(cfg, tracking.get_version("t-tiny", "1"))) is None
 
     res = run_finetune(cfg)
     assert not res.reused and res.run_id != parent.info.run_id
@@ -218,3 +219,70 @@ def test_images_of_another_size_are_resized_like_the_probe_does(tiny):
     assert torch.allclose(suite.finetune._Resized(net, 8)(x), want)
     res = run_finetune(_cfg(dataset="tiny-big", lrs=(0.1,), steps=3))
     assert tracking.client().get_run(res.run_id).info.status == "FINISHED"
+
+
+@pytest.fixture
+def variant(tiny):
+    """'t-tiny-var': t-tiny's architecture and recipe with three training choices on (dropout
+    0.5, an auxiliary head, no BN γ)."""
+    run_pretrain(PretrainConfig(model=ModelConfig(name="tiny-var", width=4, epochs=2,
+                                                  dropout=0.5, aux_head=True, bn_scale=False),
+                                source="tiny-source", batch_size=16, study="t", device="cpu"))
+    return tracking.get_version("t-tiny-var", "1")
+
+
+def test_every_variant_gets_the_same_target_recipe(variant):
+    """Dropout and the aux head are pretraining choices: fine-tuning the variant trains without
+    them (dropout p = 0 like the baseline's, aux head dropped, logits only in train mode), and
+    the recipe is logged on the parent and point runs."""
+    from suite.finetune import _build
+    from suite.models import model_from_version
+
+    base_mv = tracking.get_version("t-tiny", "1")
+    pre = model_from_version(variant)
+    assert pre.dropout.p == 0.5 and pre.aux is not None
+    for mv in (base_mv, variant):
+        net = _build(Setting.finetune, mv, model_from_version(mv), 3, seed=0)
+        assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
+        assert net.aux is None and not net.aux_head
+        out = net.train()(torch.randn(4, 3, 8, 8))
+        assert isinstance(out, torch.Tensor) and out.shape == (4, 3)
+    # No BN γ stays a property of the checkpoint when it is fine-tuned (γ = 1, a buffer).
+    bns = [m for m in _build(Setting.finetune, variant, pre, 3, seed=0).modules()
+           if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all("weight" not in bn._parameters for bn in bns)
+
+    res = run_finetune(_cfg(model_name="t-tiny-var", lrs=(0.1,), steps=3))
+    parent = tracking.client().get_run(res.run_id)
+    (child,) = _runs(**{"mlflow.parentRunId": res.run_id})
+    for run in (parent, child):
+        p = run.data.params
+        assert (p["target_dropout"], p["target_aux_head"], p["target_label_smoothing"],
+                p["target_bn_scale"]) == ("0.0", "False", "0.0", "False")
+
+
+def test_scratch_of_a_variant_is_the_scratch_of_its_baseline(variant):
+    """Scratch builds the architecture as it builds itself (γ learned, no dropout, no aux head):
+    the variant's scratch network is the baseline's, weight for weight, and both are one cell,
+    trained once."""
+    from suite.finetune import _build
+
+    base_mv = tracking.get_version("t-tiny", "1")
+    a = _build(Setting.scratch, base_mv, None, 3, seed=0)
+    b = _build(Setting.scratch, variant, None, 3, seed=0)
+    assert list(a.state_dict()) == list(b.state_dict())
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert b.bn_scale and b.aux is None and b.dropout.p == 0.0
+
+    base_cfg, var_cfg = _cfg(setting=Setting.scratch), _cfg(setting=Setting.scratch,
+                                                            model_name="t-tiny-var")
+    assert finetune_cell(base_cfg, base_mv) == finetune_cell(var_cfg, variant)
+    assert finetune_cell(_cfg(), base_mv) != finetune_cell(_cfg(model_name="t-tiny-var"),
+                                                           variant)
+    first = run_finetune(base_cfg)
+    again = run_finetune(var_cfg)
+    assert again.reused and again.run_id == first.run_id
+    params = tracking.client().get_run(first.run_id).data.params
+    assert (params["target_dropout"], params["target_aux_head"], params["target_bn_scale"]) == \
+        ("0.0", "False", "True")

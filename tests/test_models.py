@@ -10,9 +10,17 @@ from torch import nn
 
 from suite import models
 from suite.errors import SuiteError
-from suite.models import (SmallCNN, architecture_from_version, build_model, feature_extractor,
-                          head_path, log_and_register_model, model_from_version, preprocessing,
-                          replace_head)
+from suite.models import (
+    SmallCNN,
+    architecture_from_version,
+    build_model,
+    feature_extractor,
+    head_path,
+    log_and_register_model,
+    model_from_version,
+    preprocessing,
+    replace_head,
+)
 
 
 def _x(n=4, side=32, seed=0):
@@ -133,7 +141,7 @@ def test_replace_head(arch, side):
         assert m.eval()(x).shape == (2, 3)
         torch.testing.assert_close(feature_extractor(m)(x), feats)  # trunk unchanged
     if arch == "cnn":
-        logits, aux = m.train()(x)
+        _, aux = m.train()(x)
         assert aux.shape == (2, 3) and m.num_classes == 3
 
 
@@ -194,9 +202,10 @@ def test_log_register_load_round_trip(store):
     x = _x(2)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), m.eval()(x))
+    # The scratch network: the architecture as it builds itself, without the training choices.
     fresh = architecture_from_version(mv, 3)
-    assert (fresh.width, fresh.depth, fresh.bn_scale, fresh.aux_head) == (8, 2, False, True)
-    assert fresh.dropout.p == 0.2 and fresh.num_classes == 3
+    assert (fresh.width, fresh.depth, fresh.bn_scale, fresh.aux_head) == (8, 2, True, False)
+    assert fresh.dropout.p == 0.0 and fresh.num_classes == 3
 
 
 def test_log_outside_run_is_an_error():

@@ -11,7 +11,12 @@ from suite import tracking
 from suite.config import ModelConfig, PretrainConfig
 from suite.data import DatasetInfo, TensorImageDataset
 from suite.errors import SuiteError
-from suite.pretrain import pretrain_cell, run_pretrain
+from suite.pretrain import (
+    pretrain_cell,
+    pretrain_recipe,
+    recipe_of_params,
+    run_pretrain,
+)
 
 K = 4  # classes of the tiny source task
 PER_CLASS = {"train": 16, "val": 6, "test": 6}
@@ -52,7 +57,8 @@ def tiny_source(monkeypatch):
 def _cfg(**kw) -> PretrainConfig:
     model = ModelConfig(name="tiny", width=4, epochs=1, label_smoothing=0.1, dropout=0.1,
                         aux_head=True)
-    base = dict(model=model, source="tiny-source", batch_size=16, study="t", device="cpu")
+    base = {"model": model, "source": "tiny-source", "batch_size": 16, "study": "t",
+            "device": "cpu"}
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -67,6 +73,9 @@ def test_pretrain_registers_a_tagged_version_and_reuses_it(store, tiny_source):
     expected = {"architecture": "cnn", "width": "4", "depth": "1", "bn_scale": "True",
                 "label_smoothing": "0.1", "dropout": "0.1", "aux_head": "True",
                 "num_classes": str(K), "image_size": "8", "source_dataset": "tiny-source",
+                # a synthetic source is fed as generated: normalised with synthetic.MEAN/STD
+                "input_mean": "0.406,0.413,0.407", "input_std": "0.149,0.158,0.154",
+                "recipe": pretrain_recipe(cfg),
                 "suite.study": "t", "suite.cell": pretrain_cell(cfg), "run_id": res.run_id}
     assert {k: mv.tags.get(k) for k in expected} == expected
     assert float(mv.tags["source_top1"]) == pytest.approx(res.source_top1, abs=1e-3)
@@ -141,3 +150,26 @@ def test_inside_an_mlflow_project_the_launched_run_is_used(store, tiny_source, m
     assert res.run_id == launched
     assert tracking.get_version("t-tiny", res.version).tags["run_id"] == launched
     assert tracking.client().get_run(launched).info.status == "FINISHED"
+
+
+def test_recipe_is_the_config_without_choices_names_and_resources():
+    """Two models that differ only in training choices (and names, places, resources) share a
+    recipe; epochs or lr make another. The recipe of a run's params is the same whether the
+    stage ran in-process (flatten(cfg)) or as an MLflow Project (which also logs the entry
+    point's unprefixed parameters: name, bn_scale, epochs, ...)."""
+    from suite.config import flatten, replace
+    from suite.launch import _param, pretrain_params
+
+    cfg = _cfg()
+    variant = _cfg(model=replace(cfg.model, name="other", bn_scale=False, dropout=0.5),
+                   registered_name="x", device="cuda", num_workers=3, data_root="/d",
+                   skip_corrupt=True, study="s2")
+    assert pretrain_recipe(cfg) == pretrain_recipe(variant)
+    assert pretrain_recipe(cfg) != pretrain_recipe(_cfg(model=replace(cfg.model, epochs=2)))
+    assert pretrain_recipe(cfg) != pretrain_recipe(_cfg(lr=0.05))
+
+    for c in (cfg, variant):
+        inprocess = flatten(c)
+        project = {**{k: _param(v) for k, v in pretrain_params(c).items()}, **inprocess}
+        assert set(project) - set(inprocess) >= {"name", "bn_scale", "epochs", "arch"}
+        assert recipe_of_params(inprocess) == recipe_of_params(project) == pretrain_recipe(cfg)

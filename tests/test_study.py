@@ -57,8 +57,11 @@ def test_study_runs_end_to_end_and_resumes(store, tmp_path, capsys, monkeypatch)
     assert len(_runs("pretrain")) == 3
     assert len(_runs("probe")) == 6
     parents = _runs("finetune")
-    assert len(parents) == 12
+    # 3 models x 2 datasets fine-tuned; scratch once per architecture: a and c share one.
+    assert len(parents) == 6 + 4
     assert {r.data.tags["suite.setting"] for r in parents} == {"finetune", "scratch"}
+    scratch = [r for r in parents if r.data.tags["suite.setting"] == "scratch"]
+    assert {r.data.tags["suite.model"] for r in scratch} == {"e2e-a", "e2e-b"}
     assert len(_runs("analysis")) == 1
     versions = tracking.study_versions("e2e")
     assert len(versions) == 3
@@ -71,9 +74,48 @@ def test_study_runs_end_to_end_and_resumes(store, tmp_path, capsys, monkeypatch)
 
     # A third run reuses everything: no new runs, no duplicate registrations.
     assert main(["-w", ws, "study", "run", str(path), "--skip-analysis"]) == 0
-    assert "0 cells run, 21 reused" in capsys.readouterr().err
+    assert "0 cells run, 19 reused" in capsys.readouterr().err
     assert len(tracking.study_versions("e2e")) == 3
-    assert len(_runs("finetune")) == 12
+    assert len(_runs("finetune")) == 10
+
+
+def test_scratch_runs_once_per_architecture(store, monkeypatch):
+    """Models that share an architecture share one scratch cell, run under the baseline with
+    the highest source top-1 (not the first in the study's order); fine-tuning runs per model."""
+    import suite.study as study_mod
+    from fakes import register
+    from suite.config import ModelConfig, Setting, StudyConfig
+    from suite.models import SmallCNN
+
+    models = (ModelConfig("w4-short", width=4, epochs=1), ModelConfig("w4", width=4),
+              ModelConfig("w4-ls", width=4, label_smoothing=0.1),
+              ModelConfig("w4-dropout", width=4, dropout=0.5), ModelConfig("w6", width=6))
+    top1 = {"w4-short": 8.9, "w4": 27.8, "w4-ls": 25.4, "w4-dropout": 30.0, "w6": 20.0}
+    cfg = StudyConfig(name="s", models=models, datasets=("synth-shapes", "synth-shift"),
+                      settings=(Setting.finetune, Setting.scratch))
+
+    def pretrain(cfg, model):
+        tags = {"architecture": "cnn", "width": model.width, "depth": model.depth,
+                "bn_scale": model.bn_scale, "label_smoothing": model.label_smoothing,
+                "dropout": model.dropout, "aux_head": model.aux_head, "image_size": 32,
+                "source_dataset": "synth-source", "source_top1": top1[model.name]}
+        name = tracking.registered_name(cfg.name, model.name)
+        return name, str(register(SmallCNN(4, width=model.width), name, tags, "s").version), False
+
+    launched = []
+
+    def finetune(fcfg, launcher):
+        launched.append((fcfg.setting, fcfg.model_name, fcfg.dataset))
+        return False  # run, not reused
+
+    monkeypatch.setattr(study_mod, "_pretrain", pretrain)
+    monkeypatch.setattr(study_mod, "_finetune", finetune)
+    res = study_mod.run_study(cfg, analysis=False)
+    scratch = [(m, d) for s, m, d in launched if s is Setting.scratch]
+    assert scratch == [("s-w4", "synth-shapes"), ("s-w4", "synth-shift"),
+                       ("s-w6", "synth-shapes"), ("s-w6", "synth-shift")]
+    assert sum(s is Setting.finetune for s, _, _ in launched) == 5 * 2
+    assert res.cells_run == 5 + 10 + 4
 
 
 @pytest.mark.slow
@@ -86,6 +128,15 @@ def test_cli_launches_mlflow_projects(store, capsys):
     assert runs[0].data.tags.get("mlflow.project.entryPoint") == "main"
     mv = tracking.get_version("proj-p")
     assert mv.tags["bn_scale"] in ("False", "false")
+    # The recipe tag comes from the config that ran, not from the params the launcher logged:
+    # it equals the in-process config's, whose choices and names differ.
+    from suite.analysis.table import _recipe
+    from suite.config import ModelConfig, PretrainConfig
+    from suite.pretrain import pretrain_recipe
+
+    inprocess = PretrainConfig(model=ModelConfig(name="q", width=4, epochs=1), study="other")
+    assert mv.tags["recipe"] == pretrain_recipe(inprocess)
+    assert _recipe(dict(mv.tags), mv.run_id) == pretrain_recipe(inprocess)
     assert main(["-w", ws, "finetune", "proj-p", "synth-shapes", "--study", "proj",
                  "--lrs", "0.05", "--steps", "4", "--eval-every", "2", "--setting",
                  "scratch", "--skip-corrupt"]) == 0

@@ -13,39 +13,49 @@ registered_name     registry name (study tables only)
 version             registry version (study tables only)
 architecture, width, depth, bn_scale, label_smoothing, dropout, aux_head
                     training choices from the version tags (study tables only)
-recipe              hash of the rest of the pretraining config (epochs, lr, ...) from the
-                    pretrain run's params, so that the training-choice study only pairs
-                    models trained alike (study tables only; empty when unknown)
+recipe              hash of the rest of the pretraining config (epochs, lr, ...): the
+                    version's ``recipe`` tag, written by the pretrain stage from its config
+                    (older versions: computed from the pretrain run's params, either
+                    launcher's layout), so that the training-choice study only pairs models
+                    trained alike (study tables only; empty when unknown)
 run_id              the probe / fine-tune run the accuracy came from (study tables only)
 ==================  ==========================================================================
 
 A table comes from MLflow (:func:`load_study_table`: the Model Registry for the models, the run
 search API for the probe and fine-tune runs, both with filter strings) or from a CSV
 (:func:`read_csv`). :func:`write_csv` / :func:`read_csv` round-trip every number exactly.
+
+Scratch results are one point per architecture, as in the paper: training from random
+initialisation does not depend on a checkpoint, so models that share a scratch network
+(:func:`suite.finetune.scratch_key`: architecture, width/depth, input side and preprocessing)
+share one scratch row, reported under one representative model
+(:func:`suite.finetune.scratch_representative`: a baseline, with every training choice at its
+default, and among those the highest source top-1, i.e. the architecture's best-trained copy;
+ties go to the first registered name). The other models of the architecture have no scratch
+rows, so a variant never counts as a second scratch point at its own source accuracy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from suite import tracking
+from suite.config import ModelConfig
 from suite.errors import SuiteError
 
 REQUIRED = ("model", "source_top1", "dataset", "setting", "accuracy")
 CHOICES = tracking.VTAG_CHOICES  # bn_scale, label_smoothing, dropout, aux_head
 DESIGN = ("architecture", "width", "depth") + CHOICES  # what makes two checkpoints differ
-# Pretrain params that do not make two recipes differ (names, places, resources) or that are
-# the training choices themselves; the rest (epochs, lr, source, seed, ...) is the "recipe".
-RECIPE_IGNORE = {"model.name", "registered_name", "study", "device", "num_workers", "data_root",
-                 "skip_corrupt", "skip_corrupt_flag"} | {f"model.{c}" for c in CHOICES}
 OPTIONAL = ("registered_name", "version") + DESIGN + ("recipe", "run_id")
 KNOWN_SETTINGS = ("logistic", "finetune", "scratch")
-# Values of a training choice that mean "the choice is off" (the baseline of a pair).
-CHOICE_DEFAULTS = {"bn_scale": True, "label_smoothing": 0.0, "dropout": 0.0, "aux_head": False}
+# Values of a training choice that mean "the choice is off" (the baseline of a pair): the
+# ModelConfig defaults.
+CHOICE_DEFAULTS = {c: getattr(ModelConfig("baseline"), c) for c in CHOICES}
+SCRATCH = "scratch"
 KEY = ["model", "dataset", "setting"]
 
 
@@ -72,16 +82,21 @@ def _parse_tag(value: str | None):
     return int(f) if f.is_integer() and "." not in value and "e" not in low else f
 
 
-def _recipe(run_id: str | None) -> str | None:
-    """Hash of the pretrain run's params other than :data:`RECIPE_IGNORE`, or None."""
+def _recipe(tags: dict, run_id: str | None) -> str | None:
+    """The version's recipe: its ``recipe`` tag (:func:`suite.pretrain.pretrain_recipe`), or
+    for versions registered before that tag, :func:`suite.pretrain.recipe_of_params` of its
+    pretrain run's params; None when unknown."""
+    from suite.pretrain import VTAG_RECIPE, recipe_of_params
+
+    if tags.get(VTAG_RECIPE):
+        return tags[VTAG_RECIPE]
     if not run_id:
         return None
     try:
         params = tracking.client().get_run(run_id).data.params
     except Exception:  # noqa: BLE001 -- a deleted or foreign run: recipe unknown
         return None
-    kept = {k: v for k, v in params.items() if k not in RECIPE_IGNORE}
-    return tracking.cell_key(**kept) if kept else None
+    return recipe_of_params(params)
 
 
 def _version_row(mv) -> dict:
@@ -89,7 +104,7 @@ def _version_row(mv) -> dict:
     row = {"registered_name": mv.name, "version": str(mv.version)}
     for key in DESIGN:
         row[key] = _parse_tag(tags.get(key))
-    row["recipe"] = _recipe(tags.get("run_id") or getattr(mv, "run_id", None))
+    row["recipe"] = _recipe(tags, tags.get("run_id") or getattr(mv, "run_id", None))
     src = _parse_tag(tags.get(tracking.VTAG_SOURCE_TOP1))
     row["source_top1"] = float(src) if isinstance(src, (int, float)) and not isinstance(
         src, bool) else np.nan
@@ -103,11 +118,13 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
     training choices from their tags) and the study's FINISHED runs with ``suite.stage`` probe
     and finetune (metric ``test_accuracy``; tags ``suite.model``, ``suite.model_version``,
     ``suite.dataset``, ``suite.setting``). A run of a version not tagged with the study is
-    looked up by name and version. When one cell has several runs, the newest is kept.
+    looked up by name and version. When one cell has several runs, the newest is kept. Scratch
+    runs give one row per (architecture, dataset) (module docstring).
     """
     notes: list[str] = []
-    versions = {(mv.name, str(mv.version)): _version_row(mv)
-                for mv in tracking.study_versions(study)}
+    study_mvs = tracking.study_versions(study)
+    versions = {(mv.name, str(mv.version)): _version_row(mv) for mv in study_mvs}
+    tags_of = {(mv.name, str(mv.version)): dict(mv.tags or {}) for mv in study_mvs}
     rows = []
     for stage in ("probe", "finetune"):
         # Newest first (the run search API's default order), so the first of a cell wins.
@@ -126,7 +143,8 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
                              "test_accuracy metric; left out.")
                 continue
             if (name, version) not in versions:
-                versions[(name, version)] = _lookup_version(name, version, notes)
+                versions[(name, version)], tags_of[(name, version)] = _lookup_version(
+                    name, version, notes)
             row = dict(versions[(name, version)])
             row.update(dataset=dataset, setting=setting, accuracy=float(metrics["test_accuracy"]),
                        run_id=run.info.run_id)
@@ -135,6 +153,7 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
         notes.append(f"Study {study!r} has no finished probe or fine-tune runs in "
                      f"{tracking.current_uri()}.")
         return empty_table(), notes
+    rows = _one_scratch_per_network(rows, versions, tags_of, notes)
     df = pd.DataFrame(rows)
     df.insert(0, "model", _short_names(df, study))
     n = len(df)
@@ -146,14 +165,62 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
     return df[cols], notes
 
 
-def _lookup_version(name: str, version: str, notes: list[str]) -> dict:
+def _lookup_version(name: str, version: str, notes: list[str]) -> tuple[dict, dict | None]:
+    """(table row, raw tags) of a version outside the study's; tags None when it is gone."""
     try:
-        return _version_row(tracking.get_version(name, version or "latest"))
+        mv = tracking.get_version(name, version or "latest")
     except SuiteError:
         notes.append(f"Registered model {name!r} version {version!r} (used by runs of this "
                      "study) is not in the registry; its source accuracy is unknown.")
         return {"registered_name": name, "version": version, "source_top1": np.nan,
-                "recipe": None, **{k: None for k in DESIGN}}
+                "recipe": None, **{k: None for k in DESIGN}}, None
+    return _version_row(mv), dict(mv.tags or {})
+
+
+def _one_scratch_per_network(rows: list[dict], versions: dict, tags_of: dict,
+                             notes: list[str]) -> list[dict]:
+    """``rows`` (newest run first) with scratch rows folded to one per (scratch network,
+    dataset), the newest, relabelled as the network's representative among the versions the
+    table has rows for (module docstring). Versions whose tags are gone stay on their own."""
+    from suite.finetune import scratch_key, scratch_representative
+
+    keys: dict[tuple[str, str], str] = {}
+
+    def key(v: tuple[str, str]) -> str:
+        if v not in keys:
+            keys[v] = f"{v[0]}@{v[1]}"  # a version of unknown architecture: on its own
+            if tags_of.get(v):
+                try:
+                    keys[v] = scratch_key(tags_of[v])
+                except SuiteError:  # an architecture this machine cannot build (timm missing)
+                    pass
+        return keys[v]
+
+    def ident(row: dict) -> tuple[str, str]:
+        return row["registered_name"], str(row["version"])
+
+    members: dict[str, list[tuple[str, str]]] = {}
+    for v in sorted({ident(r) for r in rows}):  # ties go to the first registered name
+        members.setdefault(key(v), []).append(v)
+    out, seen, folded = [], set(), 0
+    for row in rows:
+        if row["setting"] != SCRATCH:
+            out.append(row)
+            continue
+        k = key(ident(row))
+        if (k, row["dataset"]) in seen:
+            folded += 1
+            continue
+        seen.add((k, row["dataset"]))
+        group = members[k]
+        rep = group[scratch_representative([tags_of.get(v) or {} for v in group])]
+        out.append({**versions[rep], "dataset": row["dataset"], "setting": SCRATCH,
+                    "accuracy": row["accuracy"], "run_id": row["run_id"]})
+    if folded:
+        notes.append(f"{folded} scratch run(s) of an architecture already measured on the same "
+                     "dataset were left out (one scratch point per architecture, the newest run; "
+                     "older studies trained it once per model).")
+    return out
 
 
 def _short_names(df: pd.DataFrame, study: str) -> list[str]:

@@ -15,6 +15,14 @@ The four training choices of the paper map onto torchvision networks where they 
 - ``aux_head`` is Inception v3's auxiliary classifier (``inception_v3`` only; GoogLeNet's two aux
   heads return a 3-tuple and are refused).
 
+Input normalisation follows the network, not the dataset: a registered version records the
+per-channel statistics it was trained on (tags ``input_mean`` / ``input_std``; older versions:
+:func:`input_normalisation` infers them as pretraining did), and every consumer re-normalises to
+them (:func:`suite.features.input_plan`). The synthetic sets are generated normalised with
+``suite.data.synthetic.MEAN/STD``, which is what a SmallCNN pretrained on ``synth-source`` has
+seen; an ImageNet checkpoint on those images gets them re-normalised to ImageNet's statistics
+(:class:`Renormalise`), and a SmallCNN on decoded on-disk images gets the synthetic statistics.
+
 Registered checkpoints are logged with MLflow's ``pickle`` serialization, not the default ``pt2``
 (``torch.export``) format: ``pt2`` loads back as a traced graph without the module structure, so
 the classifier could no longer be found and replaced, train/eval behaviour (aux head, dropout,
@@ -30,8 +38,9 @@ import difflib
 import functools
 import os
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,14 +53,38 @@ TIMM_PREFIX = "timm:"
 CNN_IMAGE_SIZE = 32  # SmallCNN's native input side (the synthetic datasets' size)
 ARTIFACT_PATH = "model"  # name of the logged MLflow model inside its run
 
-# ImageNet normalisation, used when a SmallCNN is applied to decoded images (PIL) from disk.
+# ImageNet normalisation: what a SmallCNN pretrained on an on-disk source is trained with (its
+# default preprocessing); a SmallCNN pretrained on the synthetic source sees synthetic.MEAN/STD.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Version tags with the per-channel statistics a network was trained on ("0.485,0.456,0.406").
+VTAG_INPUT_MEAN = "input_mean"
+VTAG_INPUT_STD = "input_std"
 
 __all__ = [
-    "CNN", "SmallCNN", "architectures", "build_model", "feature_extractor", "replace_head",
-    "preprocessing", "model_from_version", "architecture_from_version", "log_and_register_model",
-    "resolve_weights", "weights_cache_path", "head_path",
+    "CNN",
+    "Renormalise",
+    "SmallCNN",
+    "architecture_from_version",
+    "architecture_spec",
+    "architectures",
+    "build_model",
+    "drop_aux_head",
+    "feature_extractor",
+    "head_path",
+    "input_normalisation",
+    "input_side",
+    "log_and_register_model",
+    "make_renormalise",
+    "model_from_version",
+    "normalisation_of",
+    "preprocessing",
+    "replace_head",
+    "resolve_weights",
+    "set_dropout",
+    "version_preprocessing",
+    "weights_cache_path",
+    "with_normalisation",
 ]
 
 
@@ -207,6 +240,17 @@ def _drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, name, None)
 
 
+def drop_aux_head(model: nn.Module) -> nn.Module:
+    """Remove ``model``'s auxiliary classifier(s) in place (SmallCNN's ``aux``, Inception v3's
+    ``AuxLogits``, GoogLeNet's ``aux1``/``aux2``), so that train mode returns the logits only.
+    Returns ``model``."""
+    if isinstance(model, SmallCNN):
+        model.aux, model.aux_head = None, False
+    else:
+        _drop_aux_heads(model)
+    return model
+
+
 def _build_pretrained(arch: str, w, kwargs: dict, state_dict_loader) -> nn.Module:
     """torchvision's builder with weights; ``state_dict_loader`` (a user's file) stands in for
     the download so architecture-specific loading (key renames, aux-head removal) still runs."""
@@ -216,7 +260,7 @@ def _build_pretrained(arch: str, w, kwargs: dict, state_dict_loader) -> nn.Modul
     if state_dict_loader is None:
         try:
             return torchvision.models.get_model(arch, weights=w, **kwargs)
-        except Exception as e:  # noqa: BLE001 -- any download failure gets the same advice
+        except Exception as e:
             if weights_cache_path(w).exists():
                 raise
             raise _weights_unavailable(arch, w, e) from None
@@ -353,10 +397,14 @@ def feature_extractor(model: nn.Module) -> nn.Module:
 class SmallImageTransform:
     """SmallCNN preprocessing: identity for tensors (the synthetic sets are generated
     normalised at 32×32); PIL images are resized (shorter side), centre-cropped to ``size``,
-    converted and ImageNet-normalised."""
+    converted and normalised with ``mean`` / ``std`` (ImageNet's by default: the pipeline of a
+    SmallCNN pretrained on an on-disk source; :func:`with_normalisation` gives a network its
+    own statistics)."""
 
-    def __init__(self, size: int = CNN_IMAGE_SIZE):
+    def __init__(self, size: int = CNN_IMAGE_SIZE, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD):
         self.size = size
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, img):
         if isinstance(img, torch.Tensor):
@@ -364,10 +412,41 @@ class SmallImageTransform:
         from torchvision.transforms import functional as F
 
         img = F.center_crop(F.resize(img, self.size), self.size)
-        return F.normalize(F.to_tensor(img.convert("RGB")), IMAGENET_MEAN, IMAGENET_STD)
+        return F.normalize(F.to_tensor(img.convert("RGB")), list(self.mean), list(self.std))
 
     def __repr__(self) -> str:
-        return f"SmallImageTransform(size={self.size})"
+        return f"SmallImageTransform(size={self.size}, mean={self.mean}, std={self.std})"
+
+
+class Renormalise:
+    """Map images normalised with (``src_mean``, ``src_std``) to (``dst_mean``, ``dst_std``):
+    per channel  x' = (x * s_src + m_src - m_dst) / s_dst = a x + b,  with  a = s_src / s_dst
+    and  b = (m_src - m_dst) / s_dst.  Accepts (3, H, W) and (N, 3, H, W) tensors. Being affine
+    per channel, it commutes with the resize the synthetic images get on the device
+    (antialiased bilinear: each output pixel a weighted mean of inputs, weights summing to 1),
+    so the order of the two does not matter."""
+
+    def __init__(self, src_mean, src_std, dst_mean, dst_std):
+        self.src = (_floats(src_mean), _floats(src_std))
+        self.dst = (_floats(dst_mean), _floats(dst_std))
+        ms, ss = (torch.tensor(v) for v in self.src)
+        md, sd = (torch.tensor(v) for v in self.dst)
+        self.scale = (ss / sd).view(-1, 1, 1)  # (3, 1, 1): broadcasts over (N,) 3, H, W
+        self.shift = ((ms - md) / sd).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+    def __repr__(self) -> str:
+        return (f"Renormalise(from mean={self.src[0]}, std={self.src[1]} "
+                f"to mean={self.dst[0]}, std={self.dst[1]})")
+
+
+def make_renormalise(src_mean, src_std, dst_mean, dst_std) -> Renormalise | None:
+    """:class:`Renormalise` from the first statistics to the second; None when they agree."""
+    if (_floats(src_mean), _floats(src_std)) == (_floats(dst_mean), _floats(dst_std)):
+        return None
+    return Renormalise(src_mean, src_std, dst_mean, dst_std)
 
 
 def preprocessing(arch: str, weights: Any = None) -> tuple[Callable, int]:
@@ -386,6 +465,58 @@ def preprocessing(arch: str, weights: Any = None) -> tuple[Callable, int]:
     w = resolve_weights(arch, weights) or torchvision.models.get_model_weights(arch).DEFAULT
     transform = w.transforms()
     return transform, int(transform.crop_size[0])
+
+
+def _floats(v) -> tuple[float, ...]:
+    """A normalisation vector as a tuple of floats rounded to 6 digits (tags round-trip it)."""
+    if isinstance(v, torch.Tensor):
+        v = v.flatten().tolist()
+    if isinstance(v, str):
+        v = v.split(",")
+    return tuple(round(float(x), 6) for x in v)
+
+
+def normalisation_of(transform) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a preprocessing transform normalises with: torchvision's
+    ``ImageClassification`` preset, :class:`SmallImageTransform`, or a ``Compose`` holding a
+    ``Normalize`` (timm's evaluation transform)."""
+    for t in [transform, *getattr(transform, "transforms", [])]:
+        if hasattr(t, "mean") and hasattr(t, "std"):
+            return _floats(t.mean), _floats(t.std)
+    raise SuiteError(f"Cannot tell which normalisation {transform!r} applies.",
+                     "Use a torchvision, timm or cnn architecture.")
+
+
+def with_normalisation(transform, side: int, mean, std):
+    """``transform`` (from :func:`preprocessing`) cropping to ``side`` and normalising with
+    (``mean``, ``std``); returned unchanged when it already does."""
+    mean, std = _floats(mean), _floats(std)
+    if isinstance(transform, SmallImageTransform):
+        if (transform.size, transform.mean, transform.std) == (side, mean, std):
+            return transform
+        return SmallImageTransform(side, mean, std)
+    if hasattr(transform, "crop_size"):  # torchvision's ImageClassification preset
+        from torchvision.transforms._presets import ImageClassification
+
+        same_side = int(transform.crop_size[0]) == side
+        if same_side and normalisation_of(transform) == (mean, std):
+            return transform
+        # A network registered at another side keeps torchvision's 256/224 resize ratio.
+        resize = int(transform.resize_size[0]) if same_side else round(side * 256 / 224)
+        return ImageClassification(crop_size=side, resize_size=resize, mean=mean, std=std,
+                                   interpolation=transform.interpolation,
+                                   antialias=transform.antialias)
+    steps = list(getattr(transform, "transforms", []))
+    for i, t in enumerate(steps):  # timm: Compose([resize, crop, to-tensor, Normalize])
+        if hasattr(t, "mean") and hasattr(t, "std"):
+            if normalisation_of(t) == (mean, std):
+                return transform
+            from torchvision import transforms as T
+
+            steps[i] = T.Normalize(mean, std)
+            return T.Compose(steps)
+    raise SuiteError(f"Cannot re-normalise the preprocessing {transform!r}.",
+                     "Use a torchvision, timm or cnn architecture.")
 
 
 def preprocessing_summary(transform) -> str:
@@ -428,25 +559,81 @@ def model_from_version(mv) -> nn.Module:
     return model.eval()
 
 
+def _arch_tag(tags: dict) -> str:
+    from suite import tracking
+
+    return tags.get(tracking.VTAG_ARCH) or CNN
+
+
+def _weights_tag(tags: dict) -> str | None:
+    weights = tags.get("weights") or None
+    if weights is not None and "." in weights and "_Weights." not in weights:
+        weights = None  # a timm id: preprocessing() takes the timm name from the arch
+    return weights
+
+
+def version_preprocessing(tags: dict) -> tuple[Callable, int]:
+    """:func:`preprocessing` of a registered version's architecture and weights (its tags;
+    no architecture tag means ``cnn``)."""
+    return preprocessing(_arch_tag(tags), _weights_tag(tags))
+
+
+def input_side(tags: dict) -> int:
+    """Input side (pixels) of a registered network: its ``image_size`` tag (the side it was
+    trained or registered at), else its architecture's preprocessing crop."""
+    side = tags.get("image_size")
+    return int(side) if side else version_preprocessing(tags)[1]
+
+
+def input_normalisation(tags: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) a registered network was trained on, from its version tags.
+
+    Recorded ``input_mean`` / ``input_std`` tags win. Versions registered before they existed
+    get what pretraining fed them: a synthetic source (or, for a cnn, no recorded source: the
+    suite's cnn is pretrained on ``synth-source``) -> ``synthetic.MEAN/STD`` (the sets are
+    generated normalised with them and fed as they are); any other source (ImageNet for zoo
+    checkpoints, an on-disk source) -> the architecture's preprocessing statistics (the weights'
+    transforms for torchvision and timm, :class:`SmallImageTransform`'s ImageNet ones for cnn).
+    """
+    from suite import tracking
+    from suite.data import synthetic
+
+    mean, std = tags.get(VTAG_INPUT_MEAN), tags.get(VTAG_INPUT_STD)
+    if mean and std:
+        return _floats(mean), _floats(std)
+    arch, source = _arch_tag(tags), tags.get(tracking.VTAG_SOURCE)
+    if source in synthetic.TASKS or (not source and arch == CNN):
+        return _floats(synthetic.MEAN), _floats(synthetic.STD)
+    return normalisation_of(version_preprocessing(tags)[0])
+
+
+def architecture_spec(tags: dict) -> dict[str, Any]:
+    """What defines a registered version's network at random init, once the training choices
+    are left to pretraining: the architecture, plus width and depth for ``cnn`` (the only
+    architecture they apply to). Versions with equal specs are one network to train from
+    scratch."""
+    arch = _arch_tag(tags)
+    spec: dict[str, Any] = {"architecture": arch}
+    if arch == CNN:
+        spec.update(width=int(tags.get("width") or 16), depth=int(tags.get("depth") or 1))
+    return spec
+
+
 def architecture_from_version(mv, num_classes: int) -> nn.Module:
-    """A fresh random-init network with the same architecture and training choices as a
-    registered version (from its tags), for the train-from-scratch setting."""
+    """A fresh random-init network of a registered version's architecture (from its tags) as
+    the architecture builds it: γ learned, no dropout before the classifier, no auxiliary head.
+    The version's training choices are not rebuilt: they are pretraining choices, and the
+    train-from-scratch setting trains every variant of one architecture alike."""
     from suite import tracking
 
     tags = mv.tags or {}
-    arch = tags.get(tracking.VTAG_ARCH)
-    if not arch:
+    if not tags.get(tracking.VTAG_ARCH):
         raise SuiteError(f"Registered model {mv.name} version {mv.version} has no "
                          f"{tracking.VTAG_ARCH!r} tag.",
                          "Register it with `suite pretrain` or `suite zoo register`.")
-    return build_model(
-        arch, num_classes,
-        width=int(tags.get("width") or 16), depth=int(tags.get("depth") or 1),
-        bn_scale=_tag_bool(tags.get("bn_scale"), True),
-        dropout=float(tags.get("dropout") or 0.0),
-        aux_head=_tag_bool(tags.get("aux_head"), False),
-        weights=None,
-    )
+    spec = architecture_spec(tags)
+    return build_model(spec["architecture"], num_classes, width=spec.get("width", 16),
+                       depth=spec.get("depth", 1), weights=None)
 
 
 def _pip_requirements() -> list[str]:

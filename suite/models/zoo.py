@@ -70,7 +70,11 @@ def list_zoo() -> list[dict[str, Any]]:
     resize, preprocessing, paper (bool), paper_name, in_torchvision, timm_name, source."""
     import torchvision
 
-    from suite.models import preprocessing_summary, torchvision_architectures, weights_id
+    from suite.models import (
+        preprocessing_summary,
+        torchvision_architectures,
+        weights_id,
+    )
 
     paper = _paper_by_arch()
     rows: list[dict[str, Any]] = []
@@ -249,10 +253,20 @@ def register_zoo(name: str, *, weights_file: str | Path | None = None,
     returns the existing version.
 
     Version tags: architecture, source_dataset=imagenet, source_top1 (percent), weights,
-    preprocessing, image_size, num_classes, bn_scale/dropout/aux_head, suite.study, suite.cell.
+    preprocessing, image_size, input_mean/input_std (the preprocessing's normalisation),
+    num_classes, bn_scale/dropout/aux_head, suite.study, suite.cell.
     """
-    from suite.models import (TIMM_PREFIX, log_and_register_model, preprocessing,
-                              preprocessing_summary, resolve_weights, weights_id)
+    from suite.models import (
+        TIMM_PREFIX,
+        VTAG_INPUT_MEAN,
+        VTAG_INPUT_STD,
+        log_and_register_model,
+        normalisation_of,
+        preprocessing,
+        preprocessing_summary,
+        resolve_weights,
+        weights_id,
+    )
 
     arch, weights = _parse_name(name, weights)
     weights_file = Path(weights_file).expanduser() if weights_file else None
@@ -302,6 +316,9 @@ def register_zoo(name: str, *, weights_file: str | Path | None = None,
         "weights_file": str(weights_file.resolve()) if weights_file else "",
         "preprocessing": preprocessing_summary(transform),
         "image_size": size,
+        # The statistics it was trained on: every consumer normalises its inputs with them.
+        VTAG_INPUT_MEAN: ",".join(f"{v:g}" for v in normalisation_of(transform)[0]),
+        VTAG_INPUT_STD: ",".join(f"{v:g}" for v in normalisation_of(transform)[1]),
         "num_classes": num_classes,
         "bn_scale": True,
         "dropout": _classifier_dropout(model) if not arch.startswith(TIMM_PREFIX) else 0.0,
