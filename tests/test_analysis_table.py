@@ -239,3 +239,23 @@ def test_matrix_marks_missing_cells():
     assert models == ["b", "a"] and datasets == ["x", "y"]
     np.testing.assert_array_equal(src, [50.0, 60.0])
     np.testing.assert_array_equal(acc, [[3.0, np.nan], [1.0, 2.0]])
+
+
+def test_choice_study_leaves_scratch_out_even_with_per_model_scratch_rows():
+    """A table (an older study's CSV) may hold a scratch row per model; the training choices
+    only change pretraining, so scratch is never one of their comparisons."""
+    from suite.analysis import _Notes, analyse_choices
+    from suite.config import AnalysisConfig
+
+    rows = []
+    for model, bn in (("base", True), ("nobn", False)):
+        for setting in ("logistic", "finetune", "scratch"):
+            for d in DATASETS:
+                rows.append({"model": model, "source_top1": 70.0, "dataset": d,
+                             "setting": setting, "accuracy": 50.0 + (5.0 if bn else 0.0),
+                             **BASE, "bn_scale": bn, "recipe": "r"})
+    df = pd.DataFrame(rows)
+    (item,) = analyse_choices(df, ["logistic", "finetune", "scratch"],
+                              AnalysisConfig(n_resamples=100), _Notes())
+    assert (item["baseline"], item["variant"], item["choice"]) == ("base", "nobn", "bn_scale")
+    assert set(item["settings"]) == {"logistic", "finetune"}

@@ -16,7 +16,9 @@ Statistics per setting (logistic / finetune / scratch):
   first; keeps every model), each correlated with source log-odds, with CIs;
 * which models are significantly worse than the best (paired t-test over datasets, Holm);
 * training choices: model pairs that differ in exactly one of bn_scale, label_smoothing,
-  dropout, aux_head; change in source accuracy and in transfer log-odds (CI over datasets);
+  dropout, aux_head; change in source accuracy and in transfer log-odds (CI over datasets), in
+  the logistic and fine-tune settings (scratch is left out: the choices only change
+  pretraining, so a variant's scratch network is its baseline's);
 * fine-tune vs scratch: final accuracy difference per dataset and the convergence speed-up
   from the ``curve_test_accuracy`` histories of the fine-tune / scratch runs: per dataset the
   median over models, counting the models whose fine-tuning never reached scratch's final
@@ -197,12 +199,17 @@ def _fmt_ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+# Training choices that only change pretraining: target training uses one recipe for every
+# variant (suite.finetune), so the scratch setting cannot see them (a variant's scratch network
+# is its baseline's) and is left out of their comparison.
+PRETRAINING_ONLY_CHOICES = frozenset(table.CHOICES)
+
+
 def choice_pairs(design: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(baseline model, variant model, choice) for model pairs whose design (architecture,
-    width, depth, the four training choices, and the rest of the pretraining recipe) differs
-    in exactly one training choice. The
-    baseline has the choice off (bn_scale on, no smoothing / dropout / aux head) or, if neither
-    does, the smaller value."""
+    width, depth, the four training choices, and the rest of the pretraining recipe, the
+    ``recipe`` column) differs in exactly one training choice. The baseline has the choice off
+    (bn_scale on, no smoothing / dropout / aux head) or, if neither does, the smaller value."""
     cols = [c for c in table.DESIGN + ("recipe",) if c in design.columns]
     if not any(c in design.columns for c in table.CHOICES):
         return []
@@ -235,7 +242,9 @@ def analyse_choices(df: pd.DataFrame, settings: Sequence[str], cfg: AnalysisConf
                     notes: _Notes) -> list[dict]:
     """Training-choice study: for each pair from :func:`choice_pairs`, the change (variant -
     baseline) in source top-1 and, per setting, in transfer log-odds over the datasets both
-    have (mean with a BCa CI resampling datasets, and per dataset)."""
+    have (mean with a BCa CI resampling datasets, and per dataset). Scratch is skipped for
+    :data:`PRETRAINING_ONLY_CHOICES` (all four), even where a table has per-model scratch
+    rows."""
     des = table.design(df)
     if not any(c in des.columns for c in table.CHOICES):
         notes.add("Training-choice study skipped: the table has no training-choice columns "
@@ -258,6 +267,8 @@ def analyse_choices(df: pd.DataFrame, settings: Sequence[str], cfg: AnalysisConf
             "settings": {},
         }
         for setting in settings:
+            if setting == Setting.scratch.value and choice in PRETRAINING_ONLY_CHOICES:
+                continue
             sub = df[df["setting"] == setting]
             acc = sub.pivot(index="model", columns="dataset", values="accuracy")
             if base not in acc.index or var not in acc.index:
