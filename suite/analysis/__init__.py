@@ -49,8 +49,8 @@ from suite.progress import console, status
 MIN_MODELS = 3  # below this a correlation (and its bootstrap) means nothing
 # Below this many models say that the intervals undercover. Measured (benchmarks/analysis.md,
 # benchmarks/bca_coverage.py: Pearson r of bivariate normal data, ρ = 0.5 and 0.9, 4000
-# simulated studies per n): nominal-95% percentile intervals covered the true r in 85-89% of
-# studies at n = 5-7 and 89-91% from n = 10 on; BCa ones 90-96% from n = 7 (a 7-model BCa
+# simulated studies per n): nominal-95% percentile intervals covered the true r in 85-90% of
+# studies at n = 5-7 and 89-92% from n = 10 on; BCa ones 92-96% from n = 7 (a 7-model BCa
 # interval can still be tight only because it sits in one tail: see stats.bca_flags). 10 is the
 # smallest n at which both reach about 90%.
 FEW_MODELS = 10
