@@ -164,7 +164,8 @@ def scratch_representative(tag_sets: list[dict]) -> int:
     :func:`scratch_spec`: a baseline (:func:`is_baseline`) if there is one, since a variant's
     source accuracy reflects its training choice, not the architecture; among those the highest
     source top-1 (the architecture's best-trained copy, as the paper plots each architecture at
-    its ImageNet accuracy; an under-trained copy would misplace the point); ties: the first."""
+    its ImageNet accuracy; an under-trained copy would misplace the point); ties: the first
+    given (the study and the analysis both give them in registered-name order)."""
     idx = [i for i, t in enumerate(tag_sets) if is_baseline(t)] or list(range(len(tag_sets)))
 
     def top1(i: int) -> float:

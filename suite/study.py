@@ -60,7 +60,8 @@ def make_pretrain_config(cfg: StudyConfig, model: ModelConfig) -> PretrainConfig
 
 def make_probe_config(cfg: StudyConfig, name: str, version: str, dataset: str) -> ProbeConfig:
     return ProbeConfig(model_name=name, model_version=version, dataset=dataset,
-                       backend=cfg.probe_backend, l2_grid=cfg.l2_grid, seed=cfg.seed,
+                       backend=cfg.probe_backend, search=cfg.probe_search,
+                       l2_grid=cfg.l2_grid, seed=cfg.seed,
                        study=cfg.name, data_root=cfg.data_root, device=cfg.device,
                        num_workers=cfg.num_workers, decode=cfg.decode,
                        skip_corrupt=cfg.skip_corrupt)
@@ -132,11 +133,12 @@ def _scratch_group_guess(model: ModelConfig) -> tuple:
 def _scratch_models(cfg: StudyConfig, versions: dict[str, tuple[str, str]]) -> list[ModelConfig]:
     """One model per distinct scratch network (:func:`suite.finetune.scratch_key` of its
     registered tags), its group's :func:`~suite.finetune.scratch_representative`, in study
-    order."""
+    order. Groups are ordered by registered name, as the analysis orders them, so that a tie
+    goes to the model the analysis reports the result under."""
     from suite.finetune import scratch_key, scratch_representative
 
     groups: dict[str, list[tuple[ModelConfig, dict]]] = {}
-    for model in cfg.models:
+    for model in sorted(cfg.models, key=lambda m: versions[m.name]):
         tags = dict(tracking.get_version(*versions[model.name]).tags or {})
         groups.setdefault(scratch_key(tags), []).append((model, tags))
     chosen = [members[scratch_representative([t for _, t in members])][0]
