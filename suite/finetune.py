@@ -38,8 +38,8 @@ not the model's name or version, so models that share an architecture share one 
 
 Inputs are preprocessed exactly as for the probe's features (:func:`suite.features.input_plan`):
 normalised with the network's own training statistics, on-disk images through the version's
-transform, synthetic ones re-normalised and resized on the device when the network was
-registered at another input side.
+transform, synthetic ones re-normalised batch by batch and, when the network was registered at
+another input side, resized on the device.
 
 Selection: the point with the best final validation score (ties: the smaller learning rate, then
 the smaller weight decay); its test score is reported. Unlike the logistic probe, which refits on
@@ -49,8 +49,8 @@ cost another full training run per cell).
 
 Resume: a FINISHED parent run with the same cell (setting, model name and version for
 fine-tuning or the architecture spec for scratch, dataset, grid, steps, batch size, seed, target
-recipe) is returned as is (``reused=True``). A failure anywhere marks the
-point and the parent FAILED, and a re-run starts the cell over.
+recipe) is returned as is (``reused=True``). A failure anywhere marks the point and the parent
+FAILED, and a re-run starts the cell over.
 """
 
 from __future__ import annotations
