@@ -17,7 +17,7 @@ from typing import Annotated, List, Optional
 import click
 import typer
 
-from suite.config import Decoder, Launcher, ProbeBackend, Setting
+from suite.config import Decoder, Launcher, ProbeBackend, ProbeSearch, Setting
 from suite.errors import EXIT_USER_ERROR, SuiteError
 
 app = typer.Typer(
@@ -187,7 +187,8 @@ def pretrain(
     bn_scale: str = typer.Option("true", "--bn-scale", help="Learn batch-norm γ (true/false)."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing ε."),
     dropout: float = typer.Option(0.0, help="Dropout before the classifier."),
-    aux_head: str = typer.Option("false", "--aux-head", help="Auxiliary classifier head (true/false)."),
+    aux_head: str = typer.Option("false", "--aux-head",
+                                 help="Auxiliary classifier head (true/false)."),
     epochs: int = typer.Option(4, help="Source-task epochs."),
     source: str = typer.Option("synth-source", help="Source dataset (suite data list)."),
     batch_size: int = typer.Option(128),
@@ -293,6 +294,10 @@ def probe(
     version: VersionOpt = "latest",
     study: StudyOpt = "default",
     backend: ProbeBackend = typer.Option(ProbeBackend.auto, help="Solver backend."),
+    search: ProbeSearch = typer.Option(
+        ProbeSearch.exhaustive, help="exhaustive: fit and score all l2 values (the paper's "
+        "sweep); adaptive: an approximation that stops past the validation peak and can select "
+        "a worse value."),
     val_fraction: float = typer.Option(0.2, help="Held out of train when the dataset has no "
                                        "validation split."),
     seed: SeedOpt = 0,
@@ -312,9 +317,9 @@ def probe(
     from suite.progress import console
 
     cfg = ProbeConfig(model_name=model, dataset=dataset, model_version=version, backend=backend,
-                      val_fraction=val_fraction, seed=seed, study=study, data_root=data_root,
-                      device=device, batch_size=batch_size, num_workers=num_workers,
-                      decode=decode, skip_corrupt=skip_corrupt)
+                      search=search, val_fraction=val_fraction, seed=seed, study=study,
+                      data_root=data_root, device=device, batch_size=batch_size,
+                      num_workers=num_workers, decode=decode, skip_corrupt=skip_corrupt)
     _tracking()
     res = run_probe(cfg)
     console.print(f"logistic {model} on {dataset}: test {res.test_accuracy:.2f}% "
@@ -471,7 +476,8 @@ def bench_probe(
         None, help=".npz with x_train,y_train,x_val,y_val,x_test,y_test (e.g. a study's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON."),
     backend: Optional[List[str]] = typer.Option(
-        None, help="Backends to run (repeatable): cpu, cuda, reference, sklearn, torch_lbfgs."),
+        None, help="Backends to run (repeatable): cpu, cuda, reference, sklearn, torch_lbfgs, "
+        "cpu-adaptive / cuda-adaptive (the adaptive search, an approximation)."),
     quick: bool = typer.Option(False, help="Small sizes only (seconds)."),
     seed: int = typer.Option(0),
 ) -> None:

@@ -42,6 +42,13 @@ class ProbeBackend(str, enum.Enum):
     sklearn = "sklearn"  # scikit-learn lbfgs, warm-started along the grid
 
 
+class ProbeSearch(str, enum.Enum):
+    """How the probe walks the l2 grid (suite.probe.solver)."""
+
+    exhaustive = "exhaustive"  # every value fitted to the refit's tolerance (the paper's sweep)
+    adaptive = "adaptive"  # APPROXIMATION: settled fits, stops past the validation peak
+
+
 class Decoder(str, enum.Enum):
     """Where feature extraction decodes the JPEGs of on-disk datasets (suite.data.decode)."""
 
@@ -130,6 +137,9 @@ class ProbeConfig:
     dataset: str
     model_version: str = "latest"
     backend: ProbeBackend = ProbeBackend.auto
+    # exhaustive: every l2 converged, the selection is the full sweep's; adaptive: faster, an
+    # approximation that can stop on a bump of the validation curve and select a worse value
+    search: ProbeSearch = ProbeSearch.exhaustive
     l2_grid: tuple[float, ...] = PAPER_L2_GRID
     val_fraction: float = 0.2  # held out of train when the dataset has no validation split
     seed: int = 0
@@ -177,6 +187,7 @@ class StudyConfig:
     pretrain_lr: float = 0.1
     pretrain_weight_decay: float = 5e-4
     probe_backend: ProbeBackend = ProbeBackend.auto
+    probe_search: ProbeSearch = ProbeSearch.exhaustive  # adaptive: an approximation, see probe
     decode: Decoder = Decoder.auto  # where the probes' feature extraction decodes JPEGs
     l2_grid: tuple[float, ...] = PAPER_L2_GRID
     finetune: GridOptions = GridOptions()
@@ -339,7 +350,8 @@ def validate_study(cfg: StudyConfig) -> None:
         raise SuiteError(f"Model name(s) {', '.join(dup)} appear twice in study {cfg.name!r}.",
                          "Give every model a unique name.")
     if not cfg.datasets:
-        raise SuiteError(f"Study {cfg.name!r} lists no datasets.", "Add at least one under datasets:.")
+        raise SuiteError(f"Study {cfg.name!r} lists no datasets.",
+                         "Add at least one under datasets:.")
     if not cfg.settings:
         raise SuiteError(f"Study {cfg.name!r} lists no settings.",
                          "Use any of: logistic, finetune, scratch.")
@@ -367,8 +379,9 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "PAPER_L2_GRID", "Setting", "ProbeBackend", "Decoder", "Launcher", "ModelConfig",
-    "PretrainConfig", "FinetuneConfig", "ProbeConfig", "GridOptions", "AnalysisConfig", "StudyConfig", "flatten",
+    "PAPER_L2_GRID", "Setting", "ProbeBackend", "ProbeSearch", "Decoder", "Launcher",
+    "ModelConfig", "PretrainConfig", "FinetuneConfig", "ProbeConfig", "GridOptions",
+    "AnalysisConfig", "StudyConfig", "flatten",
     "from_dict", "load_study", "validate_study", "study_to_yaml", "list_presets", "replace",
     "field",
 ]

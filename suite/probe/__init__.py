@@ -9,7 +9,9 @@ model_version, dataset) with params = the ProbeConfig, metrics ``test_accuracy``
 
 Protocol (the paper's): 45 log-spaced l2 values from 1e-6 to 1e5, chosen on the validation split
 (the dataset's own, else a seeded stratified hold-out of train), refit on train+val, scored on
-test. The solver lives in :mod:`suite.probe.solver`.
+test. The solver lives in :mod:`suite.probe.solver`. ``search`` (a run param) says how the grid
+was walked: ``exhaustive`` (default) fits and scores every value; ``adaptive`` is an
+approximation that can select a worse value (``l2_values_fitted`` < 45 shows it stopped early).
 """
 
 from __future__ import annotations
@@ -73,12 +75,13 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
                 skip_corrupt=cfg.skip_corrupt)
         extract_s = time.perf_counter() - t0
         fit = fit_protocol(*xs["train"], *xs["val"], *xs["test"], l2_grid=cfg.l2_grid,
-                           backend=cfg.backend, metric=info.metric, device=device)
+                           backend=cfg.backend, metric=info.metric, device=device,
+                           search=cfg.search.value)
         mlflow.log_metrics({
             "test_accuracy": fit.test_accuracy, "val_accuracy": fit.val_accuracy,
             "selected_l2": fit.selected_l2, "fit_seconds": fit.seconds,
             "extract_seconds": extract_s, "feature_dim": float(xs["train"][0].shape[1]),
-            "n_train": float(len(xs["train"][0])),
+            "n_train": float(len(xs["train"][0])), "l2_values_fitted": float(len(fit.sweep)),
         })
         mlflow.set_tag("suite.probe_backend", fit.backend)
         lines = ["l2,val_accuracy"] + [f"{l2:.6g},{acc:.4f}" for l2, acc in fit.sweep]

@@ -59,7 +59,9 @@ class Size:
 DEFAULT_SIZES = (Size("small", 2000, 512, 50), Size("medium", 4000, 1024, 100),
                  Size("paper", 5000, 2048, 100))
 QUICK_SIZES = (Size("quick", 400, 16, 4),)
-BACKENDS = ("cpu", "cuda", "reference", "sklearn", "torch_lbfgs", "cuml")
+# "<backend>-adaptive": the same solver with search="adaptive" (an approximation; not default)
+BACKENDS = ("cpu", "cuda", "reference", "sklearn", "torch_lbfgs", "cuml", "cpu-adaptive",
+            "cuda-adaptive")
 DEFAULT_BACKENDS = ("cpu", "cuda", "sklearn", "torch_lbfgs")
 
 
@@ -111,7 +113,7 @@ def _run_one(backend: str, f: Features, l2_grid, seed: int) -> dict:
     from suite.probe.solver import fit_protocol
 
     data = f.as_tuple()
-    cuda = backend == "cuda"
+    cuda = backend.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -122,7 +124,8 @@ def _run_one(backend: str, f: Features, l2_grid, seed: int) -> dict:
             dev = "cuda" if K.has_cuda() else "cpu"
             fit = torch_lbfgs_protocol(*data, l2_grid=l2_grid, device=dev)
         else:
-            fit = fit_protocol(*data, l2_grid=l2_grid, backend=backend)
+            name, _, search = backend.partition("-")
+            fit = fit_protocol(*data, l2_grid=l2_grid, backend=name, search=search or "exhaustive")
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -171,9 +174,10 @@ def run_bench(sizes: Sequence[Size | tuple[int, int, int]] | None = None,
     """Run every backend on every size (or on the features in ``features_file``).
 
     ``sizes``: :class:`Size` or ``(n_train, d, classes)`` tuples; default :data:`DEFAULT_SIZES`,
-    or :data:`QUICK_SIZES` with ``quick=True`` (seconds; what ``--quick`` runs). ``backends``: names from :data:`BACKENDS`;
-    default :func:`default_backends`. Rows carry ``speedup_vs_sklearn`` (sklearn seconds / ours)
-    and ``test_delta_vs_sklearn`` when sklearn ran on that size.
+    or :data:`QUICK_SIZES` with ``quick=True`` (seconds; what ``--quick`` runs).
+    ``backends``: names from :data:`BACKENDS`; default :func:`default_backends`. Rows carry
+    ``speedup_vs_sklearn`` (sklearn seconds / ours) and ``test_delta_vs_sklearn`` when sklearn
+    ran on that size.
     """
     if console is None:  # a table needs ~130 columns; pipes and captures default to 80
         console = Console()
@@ -184,7 +188,7 @@ def run_bench(sizes: Sequence[Size | tuple[int, int, int]] | None = None,
     if unknown:
         raise SuiteError(f"Unknown benchmark backend(s): {', '.join(unknown)}.",
                          f"Use any of: {', '.join(BACKENDS)}.")
-    if "cuda" in backends:
+    if any(b.startswith("cuda") for b in backends):
         K.require_cuda()
     if features_file is not None:
         jobs = [(Path(features_file).name, lambda: load_features_npz(features_file))]
