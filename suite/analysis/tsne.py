@@ -1,5 +1,6 @@
 """t-SNE of the penultimate features of two models on the same images, from the feature cache
-(``suite.features.cache_path(model_name, version, dataset, split)`` -> ``.npz`` with x, y)."""
+(``suite.features.cache_path(model_name, version, dataset, split, root=...)`` -> ``.npz`` with
+x, y; the data root comes from the model's probe run, since it is part of the cache key)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,26 @@ MAX_POINTS = 600  # Barnes-Hut t-SNE is O(n log n) per iteration; 600 points: a 
 MAX_ITER = 500  # gradient steps (scikit-learn's default 1000 changes little for a picture)
 
 
-def _cache_path(name: str, version: str, dataset: str, split: str) -> Path:
-    try:
-        from suite.features import cache_path
-    except ImportError:  # same layout as suite.features documents
+def _data_root(df: pd.DataFrame, model: str, dataset: str) -> str:
+    """The data root the model's probe on ``dataset`` ran with (its run's ``data_root`` param;
+    it is part of the cache key of the paper's datasets), "" when unknown."""
+    if "run_id" not in df.columns:
+        return ""
+    rows = df[(df["model"] == model) & (df["dataset"] == dataset) & (df["setting"] == "logistic")]
+    for run_id in rows["run_id"].dropna():
         from suite import tracking
 
-        ws = tracking._CURRENT.workspace if tracking._CURRENT else tracking.resolve_workspace()
-        return ws / "features" / name / f"v{version}" / dataset / f"{split}.npz"
-    return Path(cache_path(name, version, dataset, split))
+        try:
+            return tracking.client().get_run(str(run_id)).data.params.get("data_root", "")
+        except Exception:  # noqa: BLE001 -- a missing run only loses the picture
+            return ""
+    return ""
+
+
+def _cache_path(name: str, version: str, dataset: str, split: str, root: str = "") -> Path:
+    from suite.features import cache_path
+
+    return Path(cache_path(name, version, dataset, split, root=root))
 
 
 def embed_pair(df: pd.DataFrame, models: Sequence[str], *, dataset: str | None = None,
@@ -58,7 +70,7 @@ def embed_pair(df: pd.DataFrame, models: Sequence[str], *, dataset: str | None =
     datasets = [dataset] if dataset else sorted(df["dataset"].unique())
     for d in datasets:
         paths = [_cache_path(str(info.loc[m, "registered_name"]), str(info.loc[m, "version"]),
-                             d, split) for m in models]
+                             d, split, _data_root(df, m, d)) for m in models]
         if not all(p.is_file() for p in paths):
             continue
         arrays = [np.load(p) for p in paths]
