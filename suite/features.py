@@ -16,9 +16,10 @@ generator's parameters (size and mtime rather than the bytes: :mod:`suite.data.f
 why that is enough). It is recomputed on every reuse from the directory listing and annotation
 files (no image is opened unless ``skip_corrupt`` checks them) and compared: added, removed,
 replaced or relabelled files, or another generator, re-extract, with a console line naming the
-file and what changed. The checkpoint
-(``model_source``) and, with ``skip_corrupt``, the list of files left out are checked the same
-way (so a repaired file comes back).
+file and what changed. The checkpoint (``model_source``), the input plan (``input``:
+:func:`input_plan_id`, the transform, normalisation and resize the network's inputs get) and,
+with ``skip_corrupt``, the list of files left out are checked the same way (so a repaired file
+comes back).
 
 The cache is written atomically (a temporary file in the same folder, then ``os.replace``), so an
 interrupted extraction never leaves a half-written file that a later run would read; a file that
@@ -26,12 +27,13 @@ cannot be read back (truncated by a full disk, edited, ...) is recomputed.
 
 Extraction runs the model in eval mode under ``torch.inference_mode``, batched; on CUDA with
 bf16 autocast and channels_last (features are returned as float32), on CPU in fp32. Images get
-the model's own preprocessing: on-disk datasets are decoded and transformed by
-:func:`suite.models.preprocessing`, in DataLoader workers or, for JPEGs on CUDA, batched on the
-GPU (``decode``, :mod:`suite.data.decode`); the synthetic sets are generated normalised at
-32×32, so a network registered at another input size (an ImageNet checkpoint: 224) gets them
-resized on the device, batch by batch. The cache's ``meta`` records which decoder ran; it is not
-part of the cache key (the decoders agree to rounding).
+the model's own preprocessing and its own training statistics (:func:`input_plan`): on-disk
+datasets are decoded and transformed in DataLoader workers or, for JPEGs on CUDA, batched on the
+GPU (``decode``, :mod:`suite.data.decode`); the synthetic sets, generated normalised at 32×32,
+are re-normalised to the network's statistics and, for a network registered at another input
+size (an ImageNet checkpoint: 224), resized on the device, batch by batch. The cache's
+``meta`` records which decoder ran; it is not part of the cache key (the decoders agree to
+rounding).
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ def _read_cache(path: Path, meta: dict) -> tuple[np.ndarray, np.ndarray] | None:
     if stored.get("model_source") != meta["model_source"]:
         # Same name and version number, another checkpoint (another store).
         _stale(path, f"model source {stored.get('model_source')} -> {meta['model_source']}")
+        return None
+    if stored.get("input") != meta["input"]:  # another normalisation / resize of the images
+        _stale(path, f"input plan {stored.get('input')} -> {meta['input']}")
         return None
     if stored.get("data", {}).get("digest") != meta["data"]["digest"]:
         _stale(path, describe_change(stored.get("data", {}), meta["data"]))
@@ -279,6 +284,14 @@ def input_plan(mv, info) -> tuple[Any, int | None]:
     return models.with_normalisation(transform, side, mean, std), None
 
 
+def input_plan_id(mv, info) -> str:
+    """A readable description of :func:`input_plan` (transform, resize side): part of the probe's
+    cell key and of the feature cache's check, so that features computed with other inputs
+    (another normalisation, crop or side) are never reused."""
+    transform, side = input_plan(mv, info)
+    return f"{transform!r}; resize {side}"
+
+
 _LOADED: tuple[tuple[str, str, str], nn.Module] | None = None
 
 
@@ -316,7 +329,7 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
                       val_fraction=val_fraction)
     meta = {"model_source": str(mv.source), "model": mv.name, "version": str(mv.version),
             "dataset": dataset, "split": split, "seed": seed, "val_fraction": val_fraction,
-            "skipped": []}
+            "skipped": [], "input": input_plan_id(mv, data.get_info(dataset, root))}
 
     def fingerprint(ds=None) -> dict:
         return data.split_fingerprint(dataset, split, root=root, seed=seed,

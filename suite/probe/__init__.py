@@ -32,9 +32,12 @@ class ProbeResult:
     reused: bool
 
 
-def probe_cell(cfg: ProbeConfig, model_name: str, version: str) -> str:
-    """What defines a probe result (resume key): everything but where/how fast it runs."""
+def probe_cell(cfg: ProbeConfig, model_name: str, version: str, inputs: str = "") -> str:
+    """What defines a probe result (resume key): everything but where/how fast it runs, plus
+    ``inputs`` (:func:`suite.features.input_plan_id`: how the images are turned into the
+    network's inputs)."""
     params = flatten(cfg)
+    params["inputs"] = inputs
     for k in ("device", "data_root", "num_workers", "batch_size", "study", "model_version",
               "backend", "decode"):
         params.pop(k, None)
@@ -51,7 +54,7 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
 
     mv = tracking.get_version(cfg.model_name, cfg.model_version)
     info = data.get_info(cfg.dataset, cfg.data_root)
-    cell = probe_cell(cfg, mv.name, str(mv.version))
+    cell = probe_cell(cfg, mv.name, str(mv.version), features.input_plan_id(mv, info))
     done = tracking.find_finished_run(cfg.study, cell)
     if done is not None:
         m = done.data.metrics
