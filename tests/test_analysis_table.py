@@ -160,7 +160,10 @@ def test_run_analysis_on_a_study(study_store, tmp_path):
     s = res.stats
     assert list(s["settings"]) == ["logistic", "finetune", "scratch"]
     fvs = s["finetune_vs_scratch"]
-    assert fvs["per_dataset"]["d1"]["mean_diff"] == pytest.approx(30.0)
+    # Every fine-tuned model against its network's one scratch row: base, wide and deep gain
+    # 30 points, nobn 29.5 and ls 30.5 over base's network, under (base's network, 50%) 10.
+    assert fvs["per_dataset"]["d1"]["n_models"] == 6
+    assert fvs["per_dataset"]["d1"]["mean_diff"] == pytest.approx(160.0 / 6)
     assert fvs["per_dataset"]["d1"]["median_speedup"] == pytest.approx(4.0)
     assert "curves" in res.figures and "choices" in res.figures
     pairs = {(c["baseline"], c["variant"], c["choice"]) for c in s["choices"]}
@@ -259,3 +262,22 @@ def test_choice_study_leaves_scratch_out_even_with_per_model_scratch_rows():
                               AnalysisConfig(n_resamples=100), _Notes())
     assert (item["baseline"], item["variant"], item["choice"]) == ("base", "nobn", "bn_scale")
     assert set(item["settings"]) == {"logistic", "finetune"}
+
+
+def test_finetune_vs_scratch_pairs_every_variant_with_its_networks_scratch_row():
+    """One scratch row per architecture (under its representative): every fine-tuned model of
+    that architecture is compared with it, not only the representative."""
+    from suite.analysis import _Notes, analyse_finetune_vs_scratch
+
+    rows = [("w16", "net16", "finetune", 40.0), ("w16-ls", "net16", "finetune", 38.0),
+            ("w16-short", "net16", "finetune", 30.0), ("w16", "net16", "scratch", 35.0),
+            ("w24", "net24", "finetune", 50.0), ("w24", "net24", "scratch", 45.0)]
+    df = pd.DataFrame([{"model": m, "scratch_network": n, "setting": s, "accuracy": a,
+                        "dataset": "d", "source_top1": 10.0} for m, n, s, a in rows])
+    res = analyse_finetune_vs_scratch(df, _Notes())
+    diffs = {c["model"]: c["diff"] for c in res["cells"]}
+    assert diffs == {"w16": 5.0, "w16-ls": 3.0, "w16-short": -5.0, "w24": 5.0}
+    assert res["per_dataset"]["d"]["n_models"] == 4
+    # without the column (CSV input) only same-named rows pair
+    res = analyse_finetune_vs_scratch(df.drop(columns="scratch_network"), _Notes())
+    assert {c["model"] for c in res["cells"]} == {"w16", "w24"}

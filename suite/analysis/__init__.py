@@ -304,12 +304,23 @@ def analyse_finetune_vs_scratch(df: pd.DataFrame, notes: _Notes) -> dict | None:
     dataset) (:func:`stats.convergence_speedup`) and its median per dataset with the counts
     of cells and of cells that reached scratch's final accuracy (:func:`stats.median_speedup`:
     ``median_speedup`` is None and ``median_speedup_below`` bounds it when half or fewer
-    reached)."""
-    ft = df[df["setting"] == Setting.finetune.value].set_index(["model", "dataset"])
-    sc = df[df["setting"] == Setting.scratch.value].set_index(["model", "dataset"])
-    common = ft.index.intersection(sc.index)
+    reached).
+
+    Each fine-tuned model is compared with the scratch run of its own network: study tables
+    carry ``scratch_network`` (one scratch row per architecture, under a representative
+    model), so every variant of an architecture is paired with that one row; tables without
+    it (CSV input) pair by model name."""
+    ft = df[df["setting"] == Setting.finetune.value]
+    sc = df[df["setting"] == Setting.scratch.value]
+    by = ("scratch_network" if "scratch_network" in df.columns
+          and df["scratch_network"].notna().any() else "model")
+    cols = ["accuracy"] + (["run_id"] if "run_id" in df.columns else [])
+    scratch = sc.drop_duplicates([by, "dataset"]).set_index([by, "dataset"])[cols]
+    ft = ft.join(scratch.add_suffix("_scratch"), on=[by, "dataset"], how="inner")
+    ft = ft.set_index(["model", "dataset"])
+    common = ft.index
     if len(common) == 0:
-        if len(ft) or len(sc):
+        if (df["setting"] == Setting.finetune.value).any() or len(sc):
             notes.add("Fine-tune vs scratch: no (model, dataset) has both settings; skipped.")
         return None
     curves_ok = "run_id" in df.columns
@@ -321,11 +332,12 @@ def analyse_finetune_vs_scratch(df: pd.DataFrame, notes: _Notes) -> dict | None:
         cell: dict[str, Any] = {
             "model": model, "dataset": dataset,
             "finetune": float(ft.loc[(model, dataset), "accuracy"]),
-            "scratch": float(sc.loc[(model, dataset), "accuracy"]),
+            "scratch": float(ft.loc[(model, dataset), "accuracy_scratch"]),
         }
         cell["diff"] = cell["finetune"] - cell["scratch"]
         if curves_ok:
-            rf, rs = ft.loc[(model, dataset), "run_id"], sc.loc[(model, dataset), "run_id"]
+            rf = ft.loc[(model, dataset), "run_id"]
+            rs = ft.loc[(model, dataset), "run_id_scratch"]
             cf = tracking.metric_history(rf, "curve_test_accuracy") if _ok(rf) else []
             cs = tracking.metric_history(rs, "curve_test_accuracy") if _ok(rs) else []
             cell["curve_finetune"] = [[int(s), float(v)] for s, v in cf]

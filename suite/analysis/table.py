@@ -50,7 +50,9 @@ from suite.errors import SuiteError
 REQUIRED = ("model", "source_top1", "dataset", "setting", "accuracy")
 CHOICES = tracking.VTAG_CHOICES  # bn_scale, label_smoothing, dropout, aux_head
 DESIGN = ("architecture", "width", "depth") + CHOICES  # what makes two checkpoints differ
-OPTIONAL = ("registered_name", "version") + DESIGN + ("recipe", "run_id")
+# scratch_network: the model's random-init network (suite.finetune.scratch_key), so that the
+# fine-tune vs scratch comparison pairs every model with its architecture's one scratch row.
+OPTIONAL = ("registered_name", "version") + DESIGN + ("recipe", "scratch_network", "run_id")
 KNOWN_SETTINGS = ("logistic", "finetune", "scratch")
 # Values of a training choice that mean "the choice is off" (the baseline of a pair): the
 # ModelConfig defaults.
@@ -205,7 +207,7 @@ def _one_scratch_per_network(rows: list[dict], versions: dict, tags_of: dict,
     out, seen, folded = [], set(), 0
     for row in rows:
         if row["setting"] != SCRATCH:
-            out.append(row)
+            out.append({**row, "scratch_network": key(ident(row))})
             continue
         k = key(ident(row))
         if (k, row["dataset"]) in seen:
@@ -215,7 +217,7 @@ def _one_scratch_per_network(rows: list[dict], versions: dict, tags_of: dict,
         group = members[k]
         rep = group[scratch_representative([tags_of.get(v) or {} for v in group])]
         out.append({**versions[rep], "dataset": row["dataset"], "setting": SCRATCH,
-                    "accuracy": row["accuracy"], "run_id": row["run_id"]})
+                    "accuracy": row["accuracy"], "run_id": row["run_id"], "scratch_network": k})
     if folded:
         notes.append(f"{folded} scratch run(s) of an architecture already measured on the same "
                      "dataset were left out (one scratch point per architecture, the newest run; "
