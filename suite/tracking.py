@@ -173,6 +173,18 @@ def _init_store() -> None:
         ) from None
 
 
+SHARED_SCHEMES = ("http", "https", "postgresql", "mysql")
+
+
+def is_shared_store(uri: str | None = None) -> bool:
+    """True if ``uri`` (default: the configured one) can be shared by processes on several
+    machines: an MLflow server (http/https) or a database server (PostgreSQL, MySQL, any
+    ``+driver``). A SQLite file or a local folder serves one machine only."""
+    uri = uri if uri is not None else current_uri()
+    scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0].lower()
+    return scheme in SHARED_SCHEMES
+
+
 def current_uri() -> str:
     return _CURRENT.tracking_uri if _CURRENT else os.environ.get("MLFLOW_TRACKING_URI", "")
 
