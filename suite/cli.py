@@ -31,10 +31,13 @@ zoo_app = typer.Typer(help="Pretrained ImageNet checkpoints (torchvision, timm).
 data_app = typer.Typer(help="Target datasets: list what is present, fetch explicitly.",
                        no_args_is_help=True)
 bench_app = typer.Typer(help="Side-by-side benchmarks (ratios in one run).", no_args_is_help=True)
+server_app = typer.Typer(help="The workspace's MLflow tracking server (shared by many workers).",
+                         no_args_is_help=True)
 app.add_typer(study_app, name="study")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(server_app, name="server")
 
 _OPTS: dict[str, Optional[str]] = {"workspace": None, "tracking_uri": None}
 
@@ -380,6 +383,93 @@ def ui(
 
 
 # ---------------------------------------------------------------------------------------------
+# server
+
+
+def _workspace() -> Path:
+    from suite.tracking import resolve_workspace
+
+    return resolve_workspace(_OPTS["workspace"])
+
+
+@server_app.command("start")
+def server_start(
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", help="postgresql://USER[:PASSWORD]@HOST:PORT/DB (the "
+        "database must exist), or any MLflow database URI; default: the workspace's SQLite "
+        "file (one machine only)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address. The server has no "
+                             "authentication: bind elsewhere only on a trusted network."),
+    port: int = typer.Option(5000, help="Port."),
+    workers: int = typer.Option(4, help="uvicorn worker processes."),
+    timeout: float = typer.Option(180.0, help="Seconds to wait for the store's migration and "
+                                  "/health."),
+) -> None:
+    """Start `mlflow server` for this workspace in the background (artifacts proxied into
+    <workspace>/mlflow-artifacts) and print the MLFLOW_TRACKING_URI to export."""
+    from suite import server
+
+    if host not in server.LOOPBACK:
+        typer.echo(f"warning: binding {host}:{port}: the MLflow server has no authentication, "
+                   "so anyone who reaches this port can read, change and delete every run and "
+                   "model. Use it only on a trusted network; see docs/scaleout.md (basic-auth).",
+                   err=True)
+    state, started = server.start_server(_workspace(), backend_store_uri, host=host, port=port,
+                                         workers=workers, timeout=timeout)
+    verb = "started" if started else "already running"
+    typer.echo(f"MLflow server {verb} (pid {state.pid}) on {state.url}\n"
+               f"  store:     {state.backend_store}\n"
+               f"  artifacts: {state.artifacts} (proxied by the server)\n"
+               f"  log:       {state.log}\n"
+               "Point suite and every worker at it:\n"
+               f"export MLFLOW_TRACKING_URI={state.url}")
+
+
+@server_app.command("status")
+def server_status_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Running, stopped or stale; the URL, pid, store, and whether /health answers.
+    Exit code 0 when running and healthy, 1 when running but not answering, 3 otherwise."""
+    import json
+
+    from suite import server
+
+    st = server.server_status(_workspace())
+    if json_out:
+        typer.echo(json.dumps(st.to_json(), indent=2))
+    elif st.state == "stopped":
+        typer.echo(f"stopped: no server recorded for the workspace {st.workspace}")
+    elif st.state == "stale":
+        typer.echo(f"stale: the server recorded for {st.workspace} (pid {st.server.pid}, "
+                   f"{st.server.url}) is gone; its state file was removed")
+    else:
+        s = st.server
+        typer.echo(f"running ({'healthy' if st.healthy else '/health does not answer'})\n"
+                   f"  url:       {s.url}\n  pid:       {s.pid}\n"
+                   f"  store:     {s.backend_store}\n  artifacts: {s.artifacts}\n"
+                   f"  log:       {s.log}")
+    raise typer.Exit(0 if st.healthy else 1 if st.state == "running" else 3)
+
+
+@server_app.command("stop")
+def server_stop(
+    timeout: float = typer.Option(10.0, help="Seconds between SIGTERM and SIGKILL."),
+) -> None:
+    """Stop the workspace's server (SIGTERM, then SIGKILL) and remove its state file."""
+    from suite import server
+
+    st = server.stop_server(_workspace(), grace=timeout)
+    if st.state == "running":
+        typer.echo(f"stopped the MLflow server (pid {st.server.pid}, {st.server.url})")
+    elif st.state == "stale":
+        typer.echo(f"the server recorded (pid {st.server.pid}) was already gone; removed its "
+                   "stale state file")
+    else:
+        typer.echo(f"no server was running for the workspace {st.workspace}")
+
+
+# ---------------------------------------------------------------------------------------------
 # zoo / data / bench
 
 
@@ -531,6 +621,14 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _print_error(e: SuiteError) -> int:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e.message}",
+                                               highlight=False, markup=True)
+    return EXIT_USER_ERROR
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: run the app, turning user errors into one paragraph and exit code 2."""
     _quiet_libraries()
@@ -544,13 +642,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     except click.exceptions.Abort:
         return 130
     except SuiteError as e:
-        from rich.console import Console
-
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e.message}",
-                                                   highlight=False, markup=True)
-        return EXIT_USER_ERROR
+        return _print_error(e)
     except KeyboardInterrupt:
         rv = 130
+    except Exception as e:
+        # The one place where a tracking server that went away mid-command becomes a user
+        # error naming the server (every stage's MLflow calls end up here).
+        from suite.tracking import server_error
+
+        err = server_error(e)
+        if err is None:
+            raise
+        return _print_error(err)
     if rv == 130:  # typer turns Ctrl-C into exit code 130
         from rich.console import Console
 

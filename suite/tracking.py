@@ -96,9 +96,7 @@ def configure(workspace: str | Path | None = None, tracking_uri: str | None = No
         artifact_root = (ws / "artifacts").as_uri()
     if _CURRENT is not None and _CURRENT.tracking_uri == uri and _CURRENT.workspace == ws:
         return _CURRENT
-    # A client that retries for minutes is worse than an error: fail fast on unreachable servers.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    _set_client_defaults(uri)
     _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -159,12 +157,91 @@ def _check_reachable(uri: str) -> None:
                              "Create it, or pass --workspace to use another folder.")
 
 
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s a request) keep a client waiting
+# for minutes after its server died. A shared server restarts in seconds, and a cell that fails
+# fast is rerun by the next `suite study run`: two retries (about 0 + 2 s of backoff) ride out a
+# busy moment without hiding a dead server.
+CLIENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def _set_client_defaults(uri: str) -> None:
+    """Small retry/timeout defaults for an http(s) tracking URI; values the user set win."""
+    if urllib.parse.urlparse(uri).scheme in ("http", "https"):
+        for var, value in CLIENT_DEFAULTS.items():
+            os.environ.setdefault(var, value)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for any other store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+
+
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that creation and migration
+# of an MLflow schema take (one per database, so unrelated databases never wait on each other).
+_PG_LOCK_KEY = 0x5_17E_5C0E  # "suite scope"
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on the store ``uri`` while it is created or migrated.
+
+    MLflow's SQLAlchemy stores create their tables on first use with no lock (its tracking and
+    registry stores both call ``_initialize_tables``), so processes that first touch a fresh
+    store at once race the alembic migration ("table _alembic_tmp_experiments already exists")
+    and leave it unopenable. SQLite: ``fcntl.flock`` on ``<db>.lock`` beside the database file
+    (every process that can open the file can take it; released by the kernel when the holder
+    dies, even by SIGKILL). PostgreSQL: a session advisory lock in the database itself, so
+    processes on several machines serialise too. Other stores (a server migrates its own
+    store before it accepts work): no lock.
+    """
+    path = sqlite_path(uri)
+    if path is not None:
+        import fcntl
+
+        with open(path.with_name(path.name + ".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # blocks until the creator is done (or dead)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    if urllib.parse.urlparse(uri).scheme.split("+", 1)[0] in ("postgresql", "postgres"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"),
+                                 {"k": _PG_LOCK_KEY})
+        finally:
+            engine.dispose()
+        return
+    yield
+
+
 def _init_store() -> None:
-    """Create/migrate the store now (serially); concurrent first use corrupts SQLite."""
+    """Create/migrate the store now, under :func:`store_lock`: concurrent first use of a fresh
+    store corrupts it. MLflow caches the opened stores per process, so later calls in this
+    process never initialise again."""
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient().search_experiments(max_results=1)
+        with store_lock(current_uri()):
+            c = MlflowClient()
+            c.search_experiments(max_results=1)  # tracking store: creates/verifies the schema
+            c.search_registered_models(max_results=1)  # registry store: its own first use
+    except SuiteError:
+        raise
     except Exception as e:  # noqa: BLE001 -- any store failure gets the same advice
         raise SuiteError(
             f"The MLflow store at {current_uri()} cannot be opened: {type(e).__name__}: {e}",
@@ -183,6 +260,39 @@ def is_shared_store(uri: str | None = None) -> bool:
     uri = uri if uri is not None else current_uri()
     scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0].lower()
     return scheme in SHARED_SCHEMES
+
+
+def server_error(exc: BaseException) -> SuiteError | None:
+    """The user-facing error for ``exc`` if it (or what caused it) is a failed connection to
+    an http(s) tracking server, else None.
+
+    MLflow's REST client wraps connection errors in a plain ``MlflowException`` ("API request
+    to ... failed with exception ..."), the original kept as its context; the CLI passes every
+    unexpected exception here once, so no stage needs its own try/except.
+    """
+    import requests
+    import urllib3
+
+    uri = current_uri()
+    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
+        return None
+    gone = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.RetryError, urllib3.exceptions.HTTPError, ConnectionError)
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, gone):
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            return SuiteError(
+                f"The MLflow tracking server {uri} did not answer ({type(e).__name__}: "
+                f"{reason}); the cell that was running did not finish.",
+                "Check it with `suite server status` (and its log), restart it with "
+                "`suite server start ...`, then run the same command again: finished cells "
+                "are kept and the study resumes where it stopped.",
+            )
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def current_uri() -> str:
