@@ -171,7 +171,7 @@ def test_cpu_reference_sklearn_agree(feats):
     assert cpu.backend == "cpu" and sk.backend == "sklearn" and cpu.seconds > 0
     # validation accuracies of the values both fitted agree closely
     skd = dict(sk.sweep)
-    close = [abs(a - skd[l]) for l, a in cpu.sweep if l in skd]
+    close = [abs(a - skd[v]) for v, a in cpu.sweep if v in skd]
     assert close and np.median(close) <= 1.0
 
 
@@ -191,9 +191,10 @@ def test_binary_problem_all_backends():
 
 
 def test_polish_that_lowers_the_top_moves_the_selection(monkeypatch):
-    """The adaptive search: when converging the top values lowers their validation scores below another value's,
-    that value becomes the top and is polished too (its L-BFGS memory was already dropped,
-    so it restarts from its stored weights). Validation scores are scripted."""
+    """The adaptive search: when converging the top values lowers their validation scores
+    below another value's, that value becomes the top and is polished too (its L-BFGS memory
+    was already dropped, so it restarts from its stored weights). Validation scores are
+    scripted."""
     f = make_features(40, 4, 8, 6, 2, seed=0, latent=3)
     real = S.metrics.score
     script = [10, 50, 40, 60, 55, 30,  # sweep: the peak at position 3, stop after two drops

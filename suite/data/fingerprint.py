@@ -97,8 +97,9 @@ def split_fingerprint(name: str, split: str, *, root: str = "", seed: int = 0,
     with the same labels in the same order.
 
     The sample list comes from the directory listing and annotation files (no image is opened;
-    CIFAR's index reads its pickles); ``loaded``, the split as :func:`suite.data.load_split` returned it, is used
-    instead when given (with ``skip_corrupt`` its list lacks the files left out).
+    CIFAR's index reads its pickles); ``loaded``, the split as :func:`suite.data.load_split`
+    returned it, is used instead when given (with ``skip_corrupt`` its list lacks the files
+    left out).
     """
     from suite.data import FOLDER_PREFIX, PAPER, SYNTHETIC, _unknown
 

@@ -341,7 +341,8 @@ def render(g: torch.Generator, shapes: list[Shape], shape_idx: torch.Tensor,
     tx = dx * torch.cos(t_angle) + dy * torch.sin(t_angle)
     ty = -dx * torch.sin(t_angle) + dy * torch.cos(t_angle)
     tr = torch.sqrt(dx ** 2 + dy ** 2)
-    freq = band_lo.view(n, 1, 1) + (band_hi - band_lo).view(n, 1, 1) * torch.rand(n, 1, 1, generator=g)
+    freq = band_lo.view(n, 1, 1) + (band_hi - band_lo).view(n, 1, 1) * torch.rand(
+        n, 1, 1, generator=g)
     phase = _uniform(g, n, 0, 2 * math.pi)
     noise = _smooth_noise(g, n, 6)
     t = torch.empty(n, SIZE, SIZE)
@@ -368,7 +369,8 @@ def render(g: torch.Generator, shapes: list[Shape], shape_idx: torch.Tensor,
     b_freq = _uniform(g, n, *COARSE_BAND)
     b_stripes = 0.5 + 0.5 * torch.sin(2 * math.pi * b_freq * (xx * torch.cos(b_angle)
                                                               + yy * torch.sin(b_angle)))
-    b_mix = (0.7 * b_field + 0.3 * b_stripes[:, None]) * _uniform(g, n, *nuisance.background)[:, None]
+    b_mix = ((0.7 * b_field + 0.3 * b_stripes[:, None])
+             * _uniform(g, n, *nuisance.background)[:, None])
     background = b1 * (1 - b_mix) + b2 * b_mix
 
     image = background * (1 - mask) + fill * mask
