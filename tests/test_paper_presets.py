@@ -57,7 +57,8 @@ def _run_preset(preset_name: str, archs: tuple[str, ...], store, tmp_path, capsy
     for ds in preset.datasets:
         FAKES[ds](data)
     small = GridOptions(lrs=preset.finetune.lrs[-1:],
-                        weight_decays=preset.finetune.weight_decays[:1], steps=2, batch_size=4, eval_every=2)
+                        weight_decays=preset.finetune.weight_decays[:1], steps=2, batch_size=4,
+                        eval_every=2)
     cfg = replace(preset, models=tuple(m for m in preset.models if m.arch in archs),
                   finetune=small, scratch=small, device="cpu", num_workers=0, n_resamples=200)
     assert {m.arch for m in cfg.models} == set(archs)
