@@ -80,25 +80,9 @@ class ServerStatus:
                 "server": asdict(self.server) if self.server else None}
 
 
-def normalize_store_uri(uri: str) -> str:
-    """A backend store URI as MLflow's SQLAlchemy stores load it: ``postgres://`` and
-    ``postgresql://`` get the psycopg2 driver named (``postgresql+psycopg2://``); any other
-    URI (an explicit driver, ``sqlite:///``, ``mysql+pymysql://``) is left as it is."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and scheme in ("postgres", "postgresql"):
-        return f"postgresql+psycopg2://{rest}"
-    return uri
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (for state files and messages)."""
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.password is None:
-        return uri
-    netloc = f"{parsed.username}:***@{parsed.hostname}"
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+# Re-exported: the server normalises its store URI as every client does, and masks passwords.
+normalize_store_uri = tracking.normalize_store_uri
+redact = tracking.redact
 
 
 def client_url(host: str, port: int) -> str:
@@ -245,6 +229,21 @@ def start_server(workspace: Path, backend_store_uri: str | None = None, *,
         raise SuiteError(f"Cannot create the workspace folder {workspace}: {e.strerror}.",
                          "Pass --workspace with a writable folder.") from None
     uri = normalize_store_uri(backend_store_uri or f"sqlite:///{workspace / 'mlflow.db'}")
+    with _workspace_lock(workspace):  # two `start`s at once: one starts, the other sees it
+        return _start_locked(workspace, uri, host, port, workers, timeout)
+
+
+@contextlib.contextmanager
+def _workspace_lock(workspace: Path):
+    import fcntl
+
+    with open(workspace / "server.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
+                  timeout: float) -> tuple[ServerState, bool]:
     status = server_status(workspace)
     if status.state == "running":
         running = status.server

@@ -85,6 +85,7 @@ def configure(workspace: str | Path | None = None, tracking_uri: str | None = No
 
     ws = resolve_workspace(workspace)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = normalize_store_uri(uri) if uri else uri
     artifact_root = None
     if not uri:
         try:
@@ -244,10 +245,35 @@ def _init_store() -> None:
         raise
     except Exception as e:  # noqa: BLE001 -- any store failure gets the same advice
         raise SuiteError(
-            f"The MLflow store at {current_uri()} cannot be opened: {type(e).__name__}: {e}",
-            "Check the URI and credentials; for the embedded store, make sure the workspace "
-            "folder is writable and its mlflow.db is not from a newer MLflow.",
+            f"The MLflow store at {redact(current_uri())} cannot be opened: "
+            f"{type(e).__name__}: {e}",
+            "Check the URI and credentials (PostgreSQL needs its driver: pip install -e "
+            "\".[server]\"); for the embedded store, make sure the workspace folder is writable "
+            "and its mlflow.db is not from a newer MLflow (an older one: `mlflow db upgrade "
+            "URI`, or `suite server start`, which upgrades it).",
         ) from None
+
+
+def normalize_store_uri(uri: str) -> str:
+    """A database URI as MLflow's SQLAlchemy stores should load it: ``postgres://`` and
+    ``postgresql://`` get the psycopg2 driver named (``postgresql+psycopg2://``; SQLAlchemy 2.1
+    would pick psycopg 3, which suite does not install); any other URI (an explicit driver,
+    ``sqlite:///``, ``mysql+pymysql://``, ``http://``) is left as it is."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg2://{rest}"
+    return uri
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (for state files and messages)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    netloc = f"{parsed.username}:***@{parsed.hostname}"
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
 SHARED_SCHEMES = ("http", "https", "postgresql", "mysql")
