@@ -6,6 +6,7 @@ on tiny ImageFolder trees written with PIL, in a temporary MLflow store."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -207,3 +208,26 @@ def test_paper_dataset_under_two_roots(tmp_path, mv, forwards):
     assert len(forwards) == 2  # root a is unchanged
     _extract(mv, "dtd", root=str(b))
     assert len(forwards) == 3
+
+
+def test_another_input_normalisation_re_extracts(tmp_path, mv, forwards, logs):
+    """The input plan (transform, normalisation, resize) is part of what the cache checks: the
+    same version with other input statistics (a corrected tag, a code change of the plan) gets
+    its features re-extracted, and the probe's cell key changes with it."""
+    from suite.config import ProbeConfig
+    from suite.data import get_info
+    from suite.probe import probe_cell
+
+    tree = _tree(tmp_path / "t", {"c0": 3, "c1": 3})
+    ds = f"folder:{tree}"
+    x1, _ = _extract(mv, ds)
+    mv2 = copy.copy(mv)  # the same registered version, with other input statistics
+    mv2._tags = {**mv.tags, "input_mean": "0.5,0.5,0.5", "input_std": "0.25,0.25,0.25"}
+    plan_a = features.input_plan_id(mv, get_info(ds))
+    plan_b = features.input_plan_id(mv2, get_info(ds))
+    assert plan_a != plan_b and "0.25" in plan_b
+    x2, _ = _extract(mv2, ds)
+    assert len(forwards) == 2 and any("input plan" in line for line in logs)
+    assert not np.allclose(x1, x2)
+    cfg = ProbeConfig(model_name=mv.name, dataset=ds)
+    assert probe_cell(cfg, mv.name, "1", plan_a) != probe_cell(cfg, mv.name, "1", plan_b)
