@@ -17,7 +17,7 @@ from typing import Annotated, List, Optional
 import click
 import typer
 
-from suite.config import Decoder, Launcher, ProbeBackend, ProbeSearch, Setting
+from suite.config import Decoder, Executor, Launcher, ProbeBackend, ProbeSearch, Setting
 from suite.errors import EXIT_USER_ERROR, SuiteError
 
 app = typer.Typer(
@@ -109,6 +109,13 @@ def study_run(
     skip_corrupt: bool = typer.Option(
         False, "--skip-corrupt", help="Every stage leaves out unreadable image files (listed "
         "in each run's skipped_images/ artifact) instead of failing on the first one."),
+    executor: Optional[Executor] = typer.Option(
+        None, help="Where cells run: inprocess (this process, one at a time; the default), "
+        "local (--jobs worker processes), slurm (one SLURM job per cell)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
+                                       help="local: worker processes (one GPU each)."),
+    max_concurrent: Optional[int] = typer.Option(
+        None, "--max-concurrent", min=0, help="slurm: jobs queued or running at once."),
 ) -> None:
     """Run a study end to end: pretrain → probe → fine-tune/scratch → analysis.
 
@@ -128,6 +135,9 @@ def study_run(
         cfg = replace(cfg, data_root=str(Path(data_root).expanduser().resolve()))
     if skip_corrupt:
         cfg = replace(cfg, skip_corrupt=True)
+    for opt, value in (("executor", executor), ("jobs", jobs), ("max_concurrent", max_concurrent)):
+        if value is not None:
+            cfg = replace(cfg, **{opt: value})
     tr = _tracking()
     run_study(cfg, analysis=not skip_analysis)
     ws = f" --workspace {tr.workspace}" if tr.embedded else ""
@@ -135,6 +145,51 @@ def study_run(
 
     console.print(f"\nReview the study in the MLflow UI:  [bold]suite{ws} ui[/]  "
                   "(then open http://127.0.0.1:5000)")
+
+
+@study_app.command("work")
+def study_work(
+    config: str = typer.Argument(..., help="YAML study file (as the driver wrote it)."),
+    cell: str = typer.Option(..., "--cell", help="The cell's key (suite.cell)."),
+) -> None:
+    """Run one cell of a study (what every executor's workers run): claim it, run its stage.
+
+    Exits 0 when the cell is done (or was already), 3 when another live worker holds it.
+    """
+    from suite.claims import ClaimLost
+    from suite.config import load_study
+    from suite.study import run_cell, work_cell
+
+    cfg = load_study(config)
+    _tracking()
+    target = work_cell(cfg, cell)
+    try:
+        run_cell(cfg, target)
+    except ClaimLost as e:
+        typer.echo(f"{target.label}: held by {e.owner}; backing off", err=True)
+        raise typer.Exit(3) from None
+
+
+@study_app.command("status")
+def study_status(
+    config: Optional[str] = typer.Argument(None, help="YAML study file or preset name."),
+    data_root: Optional[str] = typer.Option(None, "--data-root",
+                                            help="The study's data root, if overridden."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per stage: how many cells are done, running, pending, failed; the failed cells' errors;
+    the running cells' workers (SLURM job ids)."""
+    import json
+
+    from suite.config import load_study, replace
+    from suite.study import format_status, study_status as status_of
+
+    cfg = load_study(config)
+    if data_root:
+        cfg = replace(cfg, data_root=str(Path(data_root).expanduser().resolve()))
+    _tracking()
+    report = status_of(cfg)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_status(report))
 
 
 @study_app.command("show")

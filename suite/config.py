@@ -58,6 +58,14 @@ class Decoder(str, enum.Enum):
     device = "device"  # batched on the extraction device (nvJPEG on CUDA)
 
 
+class Executor(str, enum.Enum):
+    """Where a study's ready cells run (suite.executors)."""
+
+    inprocess = "inprocess"  # the driver runs them itself, one at a time (the default)
+    local = "local"  # `jobs` worker processes on this machine
+    slurm = "slurm"  # one SLURM job per cell (needs a shared tracking server)
+
+
 class Launcher(str, enum.Enum):
     """How a study runs its pretrain/fine-tune cells."""
 
@@ -175,6 +183,17 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class SlurmOptions:
+    """Resources of each SLURM job of a ``slurm`` study (never part of a cell's key)."""
+
+    partition: str = ""  # "" = the cluster's default partition
+    gpus_per_job: int = 0  # --gres=gpu:N
+    cpus_per_job: int = 0  # --cpus-per-task (and the job's torch threads); 0 = SLURM's default
+    time_limit: str = ""  # --time, e.g. "04:00:00"; "" = the partition's default
+    extra_sbatch: tuple[str, ...] = ()  # further sbatch options, e.g. ["--account=proj"]
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: models × datasets × settings. ``suite study run CONFIG`` runs it."""
 
@@ -199,6 +218,11 @@ class StudyConfig:
     launcher: Launcher = Launcher.inprocess
     num_workers: int = -1
     skip_corrupt: bool = False  # every stage drops unreadable images instead of failing
+    # Where cells run (resources: none of these enters a cell's key).
+    executor: Executor = Executor.inprocess
+    jobs: int = 1  # local: worker processes (one GPU each on a GPU box)
+    max_concurrent: int = 0  # slurm: jobs queued or running at once; 0 = no cap
+    slurm: SlurmOptions = SlurmOptions()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +403,8 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "PAPER_L2_GRID", "Setting", "ProbeBackend", "ProbeSearch", "Decoder", "Launcher",
+    "PAPER_L2_GRID", "Setting", "Executor", "SlurmOptions", "ProbeBackend", "ProbeSearch",
+    "Decoder", "Launcher",
     "ModelConfig", "PretrainConfig", "FinetuneConfig", "ProbeConfig", "GridOptions",
     "AnalysisConfig", "StudyConfig", "flatten",
     "from_dict", "load_study", "validate_study", "study_to_yaml", "list_presets", "replace",

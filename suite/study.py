@@ -20,13 +20,11 @@ loses only the cell in flight (marked KILLED/FAILED, never FINISHED).
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 
 from suite import tracking
 from suite.config import (
-    AnalysisConfig,
     FinetuneConfig,
     GridOptions,
     Launcher,
@@ -37,7 +35,7 @@ from suite.config import (
     StudyConfig,
     study_to_yaml,
 )
-from suite.progress import console, make_progress
+from suite.progress import console
 
 
 @dataclass
@@ -146,62 +144,139 @@ def _scratch_models(cfg: StudyConfig, versions: dict[str, tuple[str, str]]) -> l
     return [m for m in cfg.models if m in chosen]
 
 
+def _execute(cfg: StudyConfig, cell) -> tuple[bool, object]:
+    """Run one cell's stage; returns (reused, the stage's result)."""
+    from suite.cells import Kind
+
+    if cell.kind is Kind.register:
+        name, version, reused = _pretrain(cfg, cell.spec)
+        return reused, (name, version)
+    if cell.kind is Kind.pretrain:
+        model = cell.spec.model
+        name, version, reused = _pretrain(cfg, model)
+        return reused, (name, version)
+    if cell.kind is Kind.probe:
+        from suite.probe import run_probe
+
+        res = run_probe(cell.spec)
+        return res.reused, res
+    if cell.kind in (Kind.finetune, Kind.scratch):
+        return _finetune(cell.spec, cfg.launcher), None
+    from suite.analysis import run_analysis
+
+    return False, run_analysis(cell.spec)
+
+
+def run_cell(cfg: StudyConfig, cell) -> tuple[bool, object]:
+    """Claim ``cell`` (:mod:`suite.claims`) and run it; returns (reused, result). Raises
+    :class:`suite.claims.ClaimLost` when another live worker holds it. A cell that another
+    worker finished between this worker's look and its claim is not run again."""
+    from suite import claims
+
+    with claims.claim(cfg.name, cell.key, kind=cell.kind.value, label=cell.label):
+        if any(c.status == "FINISHED" for c in claims.list_claims(cfg.name, cell.key)):
+            return True, None
+        return _execute(cfg, cell)
+
+
+def work_cell(cfg: StudyConfig, key: str):
+    """The cell of ``cfg`` with key ``key`` (a worker's ``--cell``)."""
+    from suite.cells import expand
+    from suite.errors import SuiteError
+
+    for cell in expand(cfg):
+        if cell.key == key:
+            return cell
+    raise SuiteError(
+        f"Study {cfg.name!r} has no cell {key} ready to run: its dependencies are not done, or "
+        "the study changed since the driver submitted it.",
+        f"Run `suite study status {cfg.name}` and `suite study run` again: the driver submits "
+        "cells only when their dependencies are done.")
+
+
+def study_status(cfg: StudyConfig) -> dict:
+    """Per kind: counts of done/running/pending/failed cells (blocked counts as pending), and
+    one entry per cell that is not done (state, error line, worker, SLURM job)."""
+    from suite.cells import KIND_ORDER, State, states
+
+    out: dict = {"study": cfg.name, "stages": {}, "cells": []}
+    for st in states(cfg):
+        kind = st.cell.kind.value
+        state = State.pending if st.state is State.blocked else st.state
+        counts = out["stages"].setdefault(kind, {s: 0 for s in ("done", "running", "pending",
+                                                                 "failed")})
+        counts[state.value] += 1
+        if st.state is not State.done:
+            c = st.claim
+            out["cells"].append({
+                "kind": kind, "label": st.cell.label, "key": st.cell.key,
+                "state": st.state.value,
+                "error": c.error if c is not None and st.state is State.failed else "",
+                "owner": c.owner if c is not None and st.state is State.running else "",
+                "slurm_job": c.slurm_job if c is not None else "",
+                "stale": st.stale})
+    order = [k.value for k in KIND_ORDER]
+    out["stages"] = dict(sorted(out["stages"].items(), key=lambda kv: order.index(kv[0])))
+    return out
+
+
+def format_status(report: dict) -> str:
+    """:func:`study_status` as the table ``suite study status`` prints."""
+    lines = [f"study {report['study']}",
+             f"  {'stage':10s} {'done':>6s} {'running':>8s} {'pending':>8s} {'failed':>7s}"]
+    for kind, n in report["stages"].items():
+        lines.append(f"  {kind:10s} {n['done']:6d} {n['running']:8d} {n['pending']:8d} "
+                     f"{n['failed']:7d}")
+    for c in report["cells"]:
+        if c["state"] == "failed":
+            job = f" (SLURM job {c['slurm_job']})" if c["slurm_job"] else ""
+            lines.append(f"  failed  {c['label']}{job}: {c['error'] or 'no error recorded'}")
+        elif c["state"] == "running":
+            job = f", SLURM job {c['slurm_job']}" if c["slurm_job"] else ""
+            lines.append(f"  running {c['label']} ({c['owner']}{job})")
+    return "\n".join(lines)
+
+
 def run_study(cfg: StudyConfig, analysis: bool = True) -> StudyResult:
-    """Run every cell of the study that is not already complete in MLflow, then analyse."""
-    from suite.probe import run_probe
+    """Run every cell of the study that is not already complete in MLflow, through the study's
+    executor (:mod:`suite.executors`), then analyse (the analysis is a cell too)."""
+    from suite.cells import Kind, model_versions
+    from suite.executors import EXECUTORS, drive
 
     t0 = time.perf_counter()
     _validate_names(cfg)
+    executor = EXECUTORS[cfg.executor](jobs=cfg.jobs, max_concurrent=cfg.max_concurrent,
+                                       slurm=cfg.slurm)
     exp = tracking.experiment_id(cfg.name)
     tracking.client().set_experiment_tag(exp, "suite.study_yaml", study_to_yaml(cfg)[:4900])
     res = StudyResult(cfg.name)
-    pairs = list(itertools.product(cfg.models, cfg.datasets))
     trained = [s for s in (Setting.finetune, Setting.scratch) if s in cfg.settings]
+    pairs = len(cfg.models) * len(cfg.datasets)
     n_scratch = len({_scratch_group_guess(m) for m in cfg.models}) * len(cfg.datasets)
-    n_cells = (len(cfg.models) + (len(pairs) if Setting.logistic in cfg.settings else 0)
-               + (len(pairs) if Setting.finetune in trained else 0)
+    n_cells = (len(cfg.models) + (pairs if Setting.logistic in cfg.settings else 0)
+               + (pairs if Setting.finetune in trained else 0)
                + (n_scratch if Setting.scratch in trained else 0))
+    where = cfg.executor.value + (f", {cfg.jobs} jobs" if cfg.executor.value == "local" else "")
     console.print(f"study [bold]{cfg.name}[/]: {len(cfg.models)} models × "
                   f"{len(cfg.datasets)} datasets × {len(cfg.settings)} settings "
-                  f"({n_cells} cells) → experiment {cfg.name!r} in {tracking.current_uri()}")
-
-    def done(reused: bool) -> None:
-        if reused:
-            res.cells_reused += 1
-        else:
-            res.cells_run += 1
-        progress.advance(task)
-
-    with make_progress(transient=False) as progress:
-        task = progress.add_task(f"study {cfg.name}", total=n_cells)
-        for model in cfg.models:
-            progress.update(task, description=f"pretrain {model.name}")
-            name, version, reused = _pretrain(cfg, model)
-            res.versions[model.name] = (name, version)
-            done(reused)
-        if Setting.logistic in cfg.settings:
-            for model, ds in pairs:
-                name, version = res.versions[model.name]
-                progress.update(task, description=f"probe {model.name} on {ds}")
-                done(run_probe(make_probe_config(cfg, name, version, ds)).reused)
-        scratch = _scratch_models(cfg, res.versions) if Setting.scratch in trained else []
-        if scratch and len(scratch) * len(cfg.datasets) != n_scratch:  # the guess was off
-            progress.update(task, total=n_cells - n_scratch + len(scratch) * len(cfg.datasets))
-        for setting in trained:
-            models = cfg.models if setting is Setting.finetune else scratch
-            for model, ds in itertools.product(models, cfg.datasets):
-                name, version = res.versions[model.name]
-                progress.update(task, description=f"{setting.value} {model.name} on {ds}")
-                done(_finetune(make_finetune_config(cfg, name, version, ds, setting),
-                               cfg.launcher))
-        progress.update(task, description=f"study {cfg.name}: training stages done")
+                  f"({n_cells} cells, {where}) → experiment {cfg.name!r} in "
+                  f"{tracking.redact(tracking.current_uri())}")
+    out = drive(cfg, executor, analysis=analysis)
+    labels = {s.cell.label: s.cell for s in out.final}
+    trained_labels = [lb for lb in out.ran if labels.get(lb) is None
+                      or labels[lb].kind is not Kind.analysis]
+    reused_here = [lb for lb in trained_labels
+                   if isinstance(out.results.get(lb), tuple) and out.results[lb][0]]
+    res.cells_run = len(set(trained_labels)) - len(set(reused_here))
+    res.cells_reused = len([lb for lb in out.reused if labels[lb].kind is not Kind.analysis]) \
+        + len(set(reused_here))
+    for m, mv in model_versions(cfg, {c.cell.key for c in out.final
+                                      if c.state.value == "done"}).items():
+        res.versions[m] = (mv.name, str(mv.version))
+    if "analysis" in out.results:
+        res.analysis = out.results["analysis"][1]
     console.print(f"{res.cells_run} cells run, {res.cells_reused} reused from MLflow "
                   f"({time.perf_counter() - t0:.0f} s)")
-    if analysis:
-        from suite.analysis import run_analysis
-
-        res.analysis = run_analysis(AnalysisConfig(study=cfg.name, n_resamples=cfg.n_resamples,
-                                                   seed=cfg.seed))
     res.seconds = time.perf_counter() - t0
     console.print(f"study {cfg.name} finished in {res.seconds:.0f} s")
     return res
