@@ -170,6 +170,17 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _wait_port_free(host: str, port: int, wait: float = 5.0) -> bool:
+    """True once ``port`` can be bound; a server killed a moment ago (a stale state file) may
+    still be closing its socket, so a taken port is retried for ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while not _port_free(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -195,6 +206,7 @@ def migrate_store(uri: str) -> None:
     ``mlflow db upgrade`` creates the tables of an empty database and migrates an old one; an
     up-to-date one is left as it is (a second call costs a few seconds of imports).
     """
+    uri = normalize_store_uri(uri)
     path = tracking.sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +270,7 @@ def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
     if workers < 1:
         raise SuiteError(f"--workers must be at least 1, got {workers}.",
                          "For example: --workers 2")
-    if not _port_free(host, port):
+    if not _wait_port_free(host, port):
         raise SuiteError(f"Port {port} on {host} is already in use.",
                          "Stop what listens there, or pick another with --port.")
     migrate_store(uri)
@@ -274,6 +286,10 @@ def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
     env["MLFLOW_BACKEND_STORE_URI"] = uri
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(var, None)
+    # MLflow's GenAI job runner (eight huey consumer processes, for traces and scorers) serves
+    # nothing suite logs; leaving it out saves their start-up and memory. Set the variable to
+    # true to keep it.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log, "ab") as fh:
         fh.write(f"\n--- suite server start {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                  f"{' '.join(cmd)} (store {redact(uri)})\n".encode())

@@ -215,7 +215,8 @@ def store_lock(uri: str) -> Iterator[None]:
     if urllib.parse.urlparse(uri).scheme.split("+", 1)[0] in ("postgresql", "postgres"):
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(normalize_store_uri(uri),
+                                          poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn:
                 conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
@@ -309,10 +310,14 @@ def server_error(exc: BaseException) -> SuiteError | None:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, gone):
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            text = str(e)
+            reason = ("connection refused" if "refused" in text else
+                      "timed out" if "timed out" in text.lower() else
+                      f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else
+                      type(e).__name__)
             return SuiteError(
-                f"The MLflow tracking server {uri} did not answer ({type(e).__name__}: "
-                f"{reason}); the cell that was running did not finish.",
+                f"The MLflow tracking server {uri} did not answer ({reason}); the cell that "
+                "was running did not finish.",
                 "Check it with `suite server status` (and its log), restart it with "
                 "`suite server start ...`, then run the same command again: finished cells "
                 "are kept and the study resumes where it stopped.",

@@ -97,10 +97,9 @@ def test_an_unreachable_database_is_a_user_error(tmp_path, capsys):
 
 
 def _kill_group(pid: int) -> None:
+    """kill -9 the server's whole process group (mlflow's command and uvicorn)."""
     os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while server.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    server.pid_alive(pid)  # reaps it: the test process started it
 
 
 @pytest.mark.slow
