@@ -69,11 +69,74 @@ stop_postgres() {
 # shared/SCALEOUT.md) and export SUITE_TEST_SLURM=1 when it is idle. Keep it a function pair
 # named start_slurm / stop_slurm: start_services and stop_services call them.
 start_slurm() {
-  :
+  _services_dir
+  local dir host plugins cpus port1 port2 i
+  if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
+      || ! command -v sbatch >/dev/null; then
+    echo "services: SLURM is not installed (apt-get install -y slurmctld slurmd slurm-client)" >&2
+    return 1
+  fi
+  dir=$SUITE_SERVICES_DIR/slurm
+  mkdir -p "$dir/state" "$dir/spool"
+  host=$(hostname -s)
+  plugins=$(dirname "$(ls /usr/lib/*/slurm-wlm/select_cons_tres.so /usr/lib/slurm*/select_cons_tres.so 2>/dev/null | head -n 1)")
+  cpus=$(nproc)
+  port1=$(_free_port); port2=$(_free_port)
+  cat >"$dir/slurm.conf" <<CONF
+ClusterName=suite
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$port1
+SlurmdPort=$port2
+AuthType=auth/none
+CredType=cred/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmUser=root
+SlurmdUser=root
+ReturnToService=2
+PluginDir=$plugins
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+  export SLURM_CONF=$dir/slurm.conf
+  setsid slurmctld -D -f "$SLURM_CONF" >"$dir/slurmctld.out" 2>&1 &
+  echo $! >"$dir/slurmctld.child"
+  sleep 1
+  setsid slurmd -D -f "$SLURM_CONF" >"$dir/slurmd.out" 2>&1 &
+  echo $! >"$dir/slurmd.child"
+  for i in $(seq 60); do
+    if [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]; then
+      export SUITE_TEST_SLURM=1
+      echo "services: SLURM $(sinfo -V | awk '{print $2}') single node $host idle" \
+           "(SLURM_CONF=$SLURM_CONF)"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "services: the SLURM node did not come up idle:" >&2
+  tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2
+  return 1
 }
 
 stop_slurm() {
-  :
+  local f
+  for f in slurmd slurmctld; do
+    if [ -n "${SUITE_SERVICES_DIR:-}" ] && [ -f "$SUITE_SERVICES_DIR/slurm/$f.child" ]; then
+      kill "$(cat "$SUITE_SERVICES_DIR/slurm/$f.child")" 2>/dev/null || true
+    fi
+  done
 }
 # ---------------------------------------------------------------------------------------------
 
