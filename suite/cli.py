@@ -457,6 +457,10 @@ def server_start(
                              "authentication: bind elsewhere only on a trusted network."),
     port: int = typer.Option(5000, help="Port."),
     workers: int = typer.Option(4, help="uvicorn worker processes."),
+    allowed_hosts: Optional[str] = typer.Option(
+        None, "--allowed-hosts", help="Host headers the server accepts, comma-separated "
+        "(mlflow server --allowed-hosts); MLflow's default: localhost and private IP "
+        "addresses. Needed when workers reach the server by host name."),
     timeout: float = typer.Option(180.0, help="Seconds to wait for the store's migration and "
                                   "/health."),
 ) -> None:
@@ -470,7 +474,8 @@ def server_start(
                    "model. Use it only on a trusted network; see docs/scaleout.md (basic-auth).",
                    err=True)
     state, started = server.start_server(_workspace(), backend_store_uri, host=host, port=port,
-                                         workers=workers, timeout=timeout)
+                                         workers=workers, allowed_hosts=allowed_hosts,
+                                         timeout=timeout)
     verb = "started" if started else "already running"
     typer.echo(f"MLflow server {verb} (pid {state.pid}) on {state.url}\n"
                f"  store:     {state.backend_store}\n"

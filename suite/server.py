@@ -226,7 +226,7 @@ def migrate_store(uri: str) -> None:
 
 def start_server(workspace: Path, backend_store_uri: str | None = None, *,
                  host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 workers: int = DEFAULT_WORKERS,
+                 workers: int = DEFAULT_WORKERS, allowed_hosts: str | None = None,
                  timeout: float = 180.0) -> tuple[ServerState, bool]:
     """Start the workspace's server (detached) and wait until ``/health`` answers.
 
@@ -242,7 +242,7 @@ def start_server(workspace: Path, backend_store_uri: str | None = None, *,
                          "Pass --workspace with a writable folder.") from None
     uri = normalize_store_uri(backend_store_uri or f"sqlite:///{workspace / 'mlflow.db'}")
     with _workspace_lock(workspace):  # two `start`s at once: one starts, the other sees it
-        return _start_locked(workspace, uri, host, port, workers, timeout)
+        return _start_locked(workspace, uri, host, port, workers, allowed_hosts, timeout)
 
 
 @contextlib.contextmanager
@@ -255,7 +255,7 @@ def _workspace_lock(workspace: Path):
 
 
 def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
-                  timeout: float) -> tuple[ServerState, bool]:
+                  allowed_hosts: str | None, timeout: float) -> tuple[ServerState, bool]:
     status = server_status(workspace)
     if status.state == "running":
         running = status.server
@@ -280,6 +280,10 @@ def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
     log = workspace / LOG_FILE
     cmd = [sys.executable, "-m", "mlflow", "server", "--artifacts-destination", str(artifacts),
            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if allowed_hosts:
+        # MLflow's middleware accepts Host headers of localhost and private IP addresses by
+        # default; clients that reach the server by a host name need it listed.
+        cmd += ["--allowed-hosts", allowed_hosts]
     env = dict(os.environ)
     # The store URI goes through mlflow's own environment variable rather than the command
     # line, so a database password never shows in `ps`.

@@ -83,6 +83,20 @@ def test_a_taken_port_is_a_user_error(tmp_path, capsys):
     assert not (tmp_path / "server.json").exists()
 
 
+def test_binding_beyond_loopback_warns_that_there_is_no_auth(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))  # taken, so nothing is started after the warning
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["-w", str(tmp_path), "server", "start", "--host", "0.0.0.0",
+                     "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "warning: binding 0.0.0.0" in err and "no authentication" in err
+    assert "basic-auth" in err
+
+
 def test_an_unreachable_database_is_a_user_error(tmp_path, capsys):
     port = free_port()  # nothing listens there
     rc = main(["-w", str(tmp_path), "server", "start", "--port", str(free_port()),
@@ -132,6 +146,13 @@ def test_server_on_workspace_sqlite_start_status_stop_and_stale_state(tmp_path, 
         assert main(w + ["status", "--json"]) == 0
         st = json.loads(capsys.readouterr().out)
         assert st["state"] == "running" and st["healthy"] and st["server"]["port"] == port
+        # A server that runs but does not answer (stopped here with SIGSTOP) is told apart.
+        os.killpg(state["pid"], signal.SIGSTOP)
+        try:
+            assert main(w + ["status"]) == 1
+            assert capsys.readouterr().out.startswith("running (/health does not answer)")
+        finally:
+            os.killpg(state["pid"], signal.SIGCONT)
 
         # Runs and artifacts go through the server: the artifact lands in the workspace.
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -280,6 +301,9 @@ def test_tiny_study_on_postgres_server_matches_sqlite_and_survives_a_server_kill
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err[-3000:]
     expected = _cells(f"sqlite:///{tmp_path / 'sqlite-ws' / 'mlflow.db'}", "tiny")
+    # 2 pretrain + 2 probe + 2 fine-tune + scratch cells, each with its accuracy metrics
+    assert len(expected) >= 6 and all(
+        len(runs) == 1 and next(iter(runs.values())) for runs in expected.values())
 
     srv_ws = tmp_path / "server-ws"
     port = free_port()
