@@ -11,7 +11,7 @@ import stat
 
 import pytest
 from services import missing
-from test_executors import STUDY, not_finished, results
+from test_executors import STUDY, not_finished, results, same_results
 
 from suite import tracking
 from suite.cli import main
@@ -51,10 +51,7 @@ def test_slurm_study_matches_inprocess(tmp_path, fresh_store, suite_server, monk
                  "--skip-analysis", "--executor", "slurm", "--max-concurrent", "2"]) == 0
     err = capsys.readouterr().err
     assert "submitted pretrain a (SLURM job" in err
-    slurm = results()
-    assert slurm.keys() == serial.keys()
-    for cell in serial:
-        assert slurm[cell] == pytest.approx(serial[cell], abs=1e-3), cell
+    same_results(results(), serial)
     assert not not_finished()
     assert sorted(mv.name for mv in tracking.study_versions("ex")) == ["ex-a", "ex-b"]
     from suite import claims
