@@ -200,6 +200,7 @@ def study_status(cfg: StudyConfig) -> dict:
     from suite.cells import KIND_ORDER, State, states
 
     out: dict = {"study": cfg.name, "stages": {}, "cells": []}
+    queued = _queued_jobs()
     for st in states(cfg):
         kind = st.cell.kind.value
         state = State.pending if st.state is State.blocked else st.state
@@ -213,11 +214,29 @@ def study_status(cfg: StudyConfig) -> dict:
                 "state": st.state.value,
                 "error": c.error if c is not None and st.state is State.failed else "",
                 "owner": c.owner if c is not None and st.state is State.running else "",
-                "slurm_job": c.slurm_job if c is not None else "",
+                "slurm_job": (c.slurm_job if c is not None and st.state is not State.pending
+                              else queued.get(st.cell.key, "")),
                 "stale": st.stale})
     order = [k.value for k in KIND_ORDER]
     out["stages"] = dict(sorted(out["stages"].items(), key=lambda kv: order.index(kv[0])))
     return out
+
+
+def _queued_jobs() -> dict[str, str]:
+    """SLURM jobs of this user queued for cells (key -> job id), where SLURM is at hand."""
+    import shutil
+
+    if shutil.which("squeue") is None:
+        return {}
+    import subprocess
+
+    from suite.errors import SuiteError
+    from suite.executors.slurm import queued_jobs
+
+    try:
+        return queued_jobs()
+    except (SuiteError, OSError, subprocess.TimeoutExpired):
+        return {}
 
 
 def format_status(report: dict) -> str:
@@ -234,6 +253,8 @@ def format_status(report: dict) -> str:
         elif c["state"] == "running":
             job = f", SLURM job {c['slurm_job']}" if c["slurm_job"] else ""
             lines.append(f"  running {c['label']} ({c['owner']}{job})")
+        elif c["slurm_job"]:
+            lines.append(f"  queued  {c['label']} (SLURM job {c['slurm_job']})")
     return "\n".join(lines)
 
 
