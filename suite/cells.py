@@ -29,10 +29,12 @@ name it; scratch's names the architecture read from its tags), so such a cell ha
 MLflow whenever it is needed: it has no state of its own.
 
 :func:`states` reads every cell's state in a few queries: ``done`` (a FINISHED stage run or a
-registered version with the key; for ``register`` and ``analysis`` a FINISHED claim),
+registered version with the key, or a FINISHED claim: the only record of ``register`` and
+``analysis`` cells),
 ``running`` (a live claim, :mod:`suite.claims`), ``failed`` (the latest claim ended FAILED),
 ``pending`` (ready to run once its dependencies are done) or ``blocked`` (a dependency is not
-done).
+done). A stale claim left RUNNING on a done cell (a worker killed after its stage ended, before
+its claim did) is marked KILLED on the way, so that no run stays RUNNING.
 """
 
 from __future__ import annotations
@@ -225,6 +227,11 @@ def states(cfg: StudyConfig, since: float | None = None) -> list[CellState]:
             st.state = State.blocked
         elif _is_done(cell, finished_runs, done_claims, registered_name_of):
             st.state = State.done
+            # A worker killed between its stage's end and its claim's leaves a RUNNING claim
+            # on a done cell that nobody would take over: close it here.
+            for c in running.get(cell.key, []):
+                if why := claims.stale_reason(c, now):
+                    claims.kill_stale(cfg.name, c, why)
         else:
             live = [(c, claims.stale_reason(c, now)) for c in running.get(cell.key, [])]
             alive = [c for c, why in live if not why]
