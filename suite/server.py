@@ -171,8 +171,7 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _wait_port_free(host: str, port: int, wait: float = 5.0) -> bool:
-    """True once ``port`` can be bound; a server killed a moment ago (a stale state file) may
-    still be closing its socket, so a taken port is retried for ``wait`` seconds."""
+    """True once ``port`` can be bound, trying for ``wait`` seconds."""
     deadline = time.monotonic() + wait
     while not _port_free(host, port):
         if time.monotonic() > deadline:
@@ -270,7 +269,8 @@ def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
     if workers < 1:
         raise SuiteError(f"--workers must be at least 1, got {workers}.",
                          "For example: --workers 2")
-    if not _wait_port_free(host, port):
+    # A server killed a moment ago (a stale state file) may still be closing its socket.
+    if not _wait_port_free(host, port, wait=5.0 if status.state == "stale" else 0.0):
         raise SuiteError(f"Port {port} on {host} is already in use.",
                          "Stop what listens there, or pick another with --port.")
     migrate_store(uri)
