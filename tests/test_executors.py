@@ -57,16 +57,20 @@ def study_file(tmp_path):
     return str(path)
 
 
-# Accuracies are percentages of a 400-image test split: a fine-tune run in a fresh process has
-# been seen to differ from the same run inside a longer-lived one by one image (0.25 points).
-ONE_IMAGE = 0.26
+# Accuracies are percentages of 200/400-image splits. A probe or fine-tune cell run in a fresh
+# worker process has been seen to differ from the same cell run inside the long-lived test
+# process by one or two images (0.25-0.5 points; fresh processes agree with each other), so
+# downstream accuracies are compared to a point; pretraining (source_top1) must be equal.
+TOLERANCE = {"source_top1": 1e-9, "test_accuracy": 1.0, "val_accuracy": 1.0}
 
 
 def same_results(a: dict, b: dict) -> None:
-    """The same cells (exactly) with the same metrics (to one test image)."""
+    """The same cells (exactly) with the same metrics (:data:`TOLERANCE`)."""
     assert a.keys() == b.keys()
     for cell in a:
-        assert a[cell] == pytest.approx(b[cell], abs=ONE_IMAGE), cell
+        assert a[cell].keys() == b[cell].keys(), cell
+        for k, v in a[cell].items():
+            assert v == pytest.approx(b[cell][k], abs=TOLERANCE[k]), (cell, k)
 
 
 @pytest.mark.slow
