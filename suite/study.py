@@ -12,10 +12,13 @@ not the training choices or epochs) share one scratch cell, run under their repr
 (:func:`suite.finetune.scratch_representative`: a baseline, the highest source top-1) and
 reported under it by the analysis.
 
-Resumable by construction: every stage function looks its cell up in MLflow first
-(``suite.cell`` tag on runs, on registered versions for pretraining) and reuses a FINISHED
-result, so re-running a study skips what is done, never registers duplicates, and a killed study
-loses only the cell in flight (marked KILLED/FAILED, never FINISHED).
+The study is a plan of cells (:mod:`suite.cells`) run by an executor (:mod:`suite.executors`:
+``inprocess``, ``local``, ``slurm``); every cell is claimed in MLflow before it runs
+(:mod:`suite.claims`, :func:`run_cell`), so several drivers or workers on one study never run a
+cell twice. Resumable by construction: a cell already done in MLflow (``suite.cell`` tag on
+runs, on registered versions for pretraining, or a FINISHED claim) is not run again, a rerun
+retries what failed before, and a killed worker's claim is taken over (marked KILLED, never
+FINISHED). ``suite study status`` (:func:`study_status`) reports the plan's state.
 """
 
 from __future__ import annotations
