@@ -32,7 +32,7 @@ def _require_slurm() -> None:
 @pytest.mark.slow
 @pytest.mark.services
 def test_slurm_study_matches_inprocess(tmp_path, fresh_store, suite_server, monkeypatch,
-                                       capsys):
+                                       capsys, one_thread):
     _require_slurm()
     path = tmp_path / "ex.yaml"
     # One CPU per job: two jobs at once on a 2-core node.

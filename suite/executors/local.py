@@ -3,8 +3,8 @@
 Each worker is the command of :func:`suite.executors.base.worker_command` in a subprocess, its
 output in ``<workspace>/logs/<study>/<cell label>.log``. On a machine with GPUs, worker slot
 ``i`` sees only GPU ``i mod #GPUs`` (``CUDA_VISIBLE_DEVICES``); on CPU, the cores are split
-between the workers (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cores // N, at least 1), since
-N processes each using every core run slower than one.
+between the workers (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cores // N, at least 1;
+``SUITE_WORKER_THREADS`` overrides it), since N processes each using every core run slower than one.
 
 A worker outlives a killed driver: it keeps its claim and finishes its cell, and a restarted
 driver waits for it like any other live claim.
@@ -21,6 +21,16 @@ from suite import cells, tracking
 from suite.config import StudyConfig
 from suite.executors.base import worker_command, write_study_file
 from suite.progress import console
+
+
+ENV_THREADS = "SUITE_WORKER_THREADS"  # overrides the split (threads per worker)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _gpu_count() -> int:
@@ -45,7 +55,7 @@ class LocalExecutor:
         env = dict(os.environ)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
-        threads = str(max(1, (os.cpu_count() or 1) // self.slots))
+        threads = os.environ.get(ENV_THREADS) or str(max(1, _cores() // self.slots))
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
         env["SUITE_PROGRESS"] = "0"
         return env
