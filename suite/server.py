@@ -211,6 +211,8 @@ def migrate_store(uri: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     tracking._check_reachable(uri)
     with tracking.store_lock(uri):
+        if path is not None:
+            tracking.create_sqlite_store(path)  # a new file all at once, then upgrade = no-op
         proc = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -269,8 +271,8 @@ def _start_locked(workspace: Path, uri: str, host: str, port: int, workers: int,
     if workers < 1:
         raise SuiteError(f"--workers must be at least 1, got {workers}.",
                          "For example: --workers 2")
-    # A server killed a moment ago (a stale state file) may still be closing its socket.
-    if not _wait_port_free(host, port, wait=5.0 if status.state == "stale" else 0.0):
+    # A server killed a moment ago (its workers exit a little after it) may still hold it.
+    if not _wait_port_free(host, port, wait=5.0 if status.state == "stale" else 2.0):
         raise SuiteError(f"Port {port} on {host} is already in use.",
                          "Stop what listens there, or pick another with --port.")
     migrate_store(uri)

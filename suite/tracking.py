@@ -231,6 +231,27 @@ def store_lock(uri: str) -> Iterator[None]:
     yield
 
 
+def create_sqlite_store(path: Path) -> None:
+    """Create a new SQLite store at ``path`` all at once (call under :func:`store_lock`).
+
+    MLflow's SQLite migrations rebuild tables one by one (``_alembic_tmp_*`` copies), so a
+    process SIGKILLed while it creates a store leaves one that no later process can open. The
+    schema is therefore built in a temporary file beside it and renamed into place: a kill
+    leaves only the temporary file, which the next creator overwrites. An existing, non-empty
+    file is left as it is.
+    """
+    if path.exists() and path.stat().st_size > 0:
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = path.with_name(f".{path.name}.creating")
+    for stale in (tmp, tmp.with_name(tmp.name + "-journal")):
+        stale.unlink(missing_ok=True)  # a creator killed earlier
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "artifacts").as_uri())
+    store.engine.dispose()
+    os.replace(tmp, path)
+
+
 def _init_store() -> None:
     """Create/migrate the store now, under :func:`store_lock`: concurrent first use of a fresh
     store corrupts it. MLflow caches the opened stores per process, so later calls in this
@@ -239,6 +260,9 @@ def _init_store() -> None:
 
     try:
         with store_lock(current_uri()):
+            path = sqlite_path(current_uri())
+            if path is not None:
+                create_sqlite_store(path)
             c = MlflowClient()
             c.search_experiments(max_results=1)  # tracking store: creates/verifies the schema
             c.search_registered_models(max_results=1)  # registry store: its own first use

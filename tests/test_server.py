@@ -110,10 +110,13 @@ def test_an_unreachable_database_is_a_user_error(tmp_path, capsys):
 # a real server
 
 
-def _kill_group(pid: int) -> None:
-    """kill -9 the server's whole process group (mlflow's command and uvicorn)."""
+def _kill_group(pid: int, port: int | None = None) -> None:
+    """kill -9 the server's whole process group (mlflow's command and uvicorn); with ``port``,
+    wait until the dying workers have let go of it."""
     os.killpg(pid, signal.SIGKILL)
     server.pid_alive(pid)  # reaps it: the test process started it
+    if port is not None:
+        assert server._wait_port_free("127.0.0.1", port, wait=30)
 
 
 @pytest.mark.slow
@@ -168,7 +171,7 @@ def test_server_on_workspace_sqlite_start_status_stop_and_stale_state(tmp_path, 
     finally:
         tracking._CURRENT = None
         # A server SIGKILLed (its whole process group) leaves a stale state file ...
-        _kill_group(state["pid"])
+        _kill_group(state["pid"], port)
     assert main(w + ["status"]) == 3
     assert "stale" in capsys.readouterr().out
     assert not (ws / "server.json").exists()  # ... which status reported and removed
@@ -200,7 +203,7 @@ def test_a_killed_server_fails_the_next_call_fast_and_names_it(suite_server, tmp
     with tracking.start_run("gone", "r1", tracking.run_tags("gone", "probe", cell="c1")):
         mlflow.log_metric("m", 1.0)
     ws = Path(suite_server.artifacts).parent
-    _kill_group(suite_server.pid)
+    _kill_group(suite_server.pid)  # not waiting: the next call must fail, not find it closing
 
     t0 = time.monotonic()
     with pytest.raises(Exception) as info:
@@ -214,6 +217,7 @@ def test_a_killed_server_fails_the_next_call_fast_and_names_it(suite_server, tmp
     print(f"failed after {elapsed:.1f} s: {err.message}")
 
     # Restarted on the same database (and port), the same client carries on.
+    assert server._wait_port_free("127.0.0.1", suite_server.port, wait=30)
     state, started = server.start_server(ws, _store_of(suite_server), port=suite_server.port,
                                          workers=1)
     assert started
@@ -325,6 +329,7 @@ def test_tiny_study_on_postgres_server_matches_sqlite_and_survives_a_server_kill
         assert len(before) >= 3
         _kill_group(state.pid)
         t_kill = time.monotonic()
+        assert server._wait_port_free("127.0.0.1", port, wait=30)
         out, err = study.communicate(timeout=300)
         failed_after = time.monotonic() - t_kill
         assert study.returncode == 2, err[-3000:]

@@ -138,3 +138,45 @@ def _hold_forever(uri: str, ready) -> None:
     with tracking.store_lock(uri):
         ready.set()
         time.sleep(600)
+
+
+_CONFIGURE = """
+import sys
+from suite import tracking
+tracking.configure(workspace=sys.argv[1])
+if len(sys.argv) > 2:
+    import mlflow
+    with tracking.start_run("after", "r", tracking.run_tags("after", "probe", cell="c")):
+        mlflow.log_metric("m", 1.0)
+    assert tracking.find_finished_run("after", "c") is not None
+"""
+
+
+@pytest.mark.slow
+def test_a_creator_killed_mid_creation_leaves_a_store_the_next_process_opens(tmp_path):
+    """SIGKILL the process creating a fresh store at points inside the schema migration: the
+    next process still creates (or opens) the store and logs a run."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SUITE_WORKSPACE")}
+    killed_mid_creation = 0
+    for delay in (0.0, 0.5, 1.5):
+        ws = tmp_path / f"ws-{delay}"
+        ws.mkdir()
+        creating = ws / ".mlflow.db.creating"
+        p = subprocess.Popen([sys.executable, "-c", _CONFIGURE, str(ws)], env=env)
+        deadline = time.monotonic() + 120
+        while not creating.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        mid = creating.exists()
+        p.kill()
+        p.wait(30)
+        if p.returncode == -signal.SIGKILL and mid:
+            killed_mid_creation += 1
+        after = subprocess.run([sys.executable, "-c", _CONFIGURE, str(ws), "log"], env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert after.returncode == 0, (delay, after.stderr[-2000:])
+    assert killed_mid_creation >= 2  # the kills really hit the migration
