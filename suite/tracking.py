@@ -136,7 +136,8 @@ def _check_reachable(uri: str) -> None:
         except OSError as e:
             raise SuiteError(
                 f"The MLflow tracking server {uri} is unreachable ({e.strerror or e}).",
-                "Start the server (mlflow server ...) or fix MLFLOW_TRACKING_URI / --tracking-uri; "
+                "Start it (`suite server start`; `suite server status` says whether it runs) "
+                "or fix MLFLOW_TRACKING_URI / --tracking-uri; "
                 "unset it to use the embedded store in the workspace folder. "
                 "Nothing was logged.",
             ) from None
