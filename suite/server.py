@@ -13,9 +13,10 @@ slurm``) must share one tracking store, and a SQLite file must never be shared b
   who can reach the port can read and delete every run. Bind elsewhere only on a trusted
   network, or run ``mlflow server --app-name basic-auth`` yourself (see docs/scaleout.md).
 
-The store is created/migrated once (``mlflow db upgrade``) under :func:`suite.tracking.store_lock`
-before the server starts, because uvicorn's workers would otherwise each open a fresh store at
-once and race its migration. ``start`` returns once ``/health`` answers.
+The store is created/migrated once (an old schema with ``mlflow db upgrade``) under
+:func:`suite.tracking.store_lock` before the server starts, because uvicorn's workers would
+otherwise each open a fresh store at once and race its migration. ``start`` returns once
+``/health`` answers.
 
 State: ``<workspace>/server.json`` (pid, tracking URL, backend store with any password masked,
 artifact folder, log file ``<workspace>/server.log``). ``status`` reads it and asks ``/health``;
@@ -202,27 +203,42 @@ def server_status(workspace: Path) -> ServerStatus:
 def migrate_store(uri: str) -> None:
     """Create or upgrade the MLflow schema of ``uri`` once, under the store lock.
 
-    ``mlflow db upgrade`` creates the tables of an empty database and migrates an old one; an
-    up-to-date one is left as it is (a second call costs a few seconds of imports).
+    Opening the store creates the tables of an empty database (MLflow does that on first use;
+    the lock makes it one process) and leaves a current one as it is; a store with an older
+    schema is upgraded with ``mlflow db upgrade``.
     """
     uri = normalize_store_uri(uri)
     path = tracking.sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     tracking._check_reachable(uri)
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     with tracking.store_lock(uri):
         if path is not None:
-            tracking.create_sqlite_store(path)  # a new file all at once, then upgrade = no-op
+            tracking.create_sqlite_store(path)  # a new file all at once
+        try:
+            SqlAlchemyStore(uri, "mlflow-artifacts:/").engine.dispose()
+            return
+        except MlflowException as e:
+            if "out-of-date database schema" not in str(e):
+                _migration_failed(uri, str(e))
+        except Exception as e:  # noqa: BLE001 -- driver, credentials, missing database ...
+            _migration_failed(uri, f"{type(e).__name__}: {e}")
         proc = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        raise SuiteError(
-            f"Creating/upgrading the MLflow schema of {redact(uri)} failed:\n{tail}",
-            "Check the URI, the database's name, user and password (the database must exist: "
-            "`createdb` or `create database ...`), and that psycopg2-binary is installed "
-            "(pip install -e \".[server]\"). Nothing was started.",
-        )
+        _migration_failed(uri, "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:]))
+
+
+def _migration_failed(uri: str, detail: str) -> None:
+    raise SuiteError(
+        f"Creating/upgrading the MLflow schema of {redact(uri)} failed: {detail.strip()[:1500]}",
+        "Check the URI, the database's name, user and password (the database must exist: "
+        "`createdb` or `create database ...`), and that psycopg2-binary is installed "
+        "(pip install -e \".[server]\"). Nothing was started.",
+    )
 
 
 def start_server(workspace: Path, backend_store_uri: str | None = None, *,
