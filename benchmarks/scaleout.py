@@ -86,12 +86,12 @@ def slurm_overhead(cells: int, root: Path) -> dict:
         cell = expand(cfg)[0]  # pretrain a: done, so a worker only claims and ends
         cmd = worker_command(write_study_file(cfg), cell.key)
         local, sl = [], []
-        for _ in range(cells):
+        for _ in range(cells):  # alternated, so that both see the same warm caches
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             local.append(time.perf_counter() - t0)
-        for _ in range(cells):
-            before = len([c for c in claims.list_claims(cfg.name, cell.key)])
+            before = len([c for c in claims.list_claims(cfg.name, cell.key)
+                          if c.status == "FINISHED"])
             t0 = time.time()
             subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap",
                             " ".join(cmd)], check=True, stdout=subprocess.DEVNULL)
