@@ -86,30 +86,33 @@ def slurm_overhead(cells: int, root: Path) -> dict:
         cell = expand(cfg)[0]  # pretrain a: done, so a worker only claims and ends
         cmd = worker_command(write_study_file(cfg), cell.key)
         local, sl = [], []
+
+        def finished() -> list:
+            return [c for c in claims.list_claims(cfg.name, cell.key) if c.status == "FINISHED"]
+
+        def until_finished(before: int, t0: float) -> float:
+            """Seconds from t0 to the end of the next FINISHED claim (the cell's end, not the
+            process's exit, for both ways of starting it)."""
+            while len(rows := finished()) <= before:
+                time.sleep(0.2)
+            return rows[-1].end_time / 1000.0 - t0
+
         for _ in range(cells):  # alternated, so that both see the same warm caches
-            t0 = time.perf_counter()
+            before, t0 = len(finished()), time.time()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            local.append(time.perf_counter() - t0)
-            before = len([c for c in claims.list_claims(cfg.name, cell.key)
-                          if c.status == "FINISHED"])
-            t0 = time.time()
+            local.append(until_finished(before, t0))
+            before, t0 = len(finished()), time.time()
             subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap",
                             " ".join(cmd)], check=True, stdout=subprocess.DEVNULL)
-            while True:
-                rows = [c for c in claims.list_claims(cfg.name, cell.key)
-                        if c.status == "FINISHED"]
-                if len(rows) > before:
-                    break
-                time.sleep(0.2)
-            sl.append(rows[-1].end_time / 1000.0 - t0)
+            sl.append(until_finished(before, t0))
     finally:
         subprocess.run([sys.executable, "-m", "suite", "-w", str(ws), "server", "stop"],
                        env=env, stdout=subprocess.DEVNULL)
     med = sorted(sl)[len(sl) // 2]
     med_local = sorted(local)[len(local) // 2]
     print(f"slurm: sbatch to FINISHED per do-nothing cell {med:.1f} s (median of {cells}); "
-          f"the same worker as a local process {med_local:.1f} s; SLURM adds "
-          f"{med - med_local:.1f} s", flush=True)
+          f"the same worker started as a local process {med_local:.1f} s; SLURM adds "
+          f"{med - med_local:+.1f} s", flush=True)
     return {"slurm_cell_s": round(med, 2), "local_cell_s": round(med_local, 2),
             "slurm_overhead_s": round(med - med_local, 2)}
 
