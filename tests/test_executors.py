@@ -103,7 +103,10 @@ def _driver(ws: str, path: str, gate, code) -> None:
 
 @pytest.mark.slow
 def test_four_drivers_at_once_run_every_cell_once(store, study_file):
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked child of a process whose torch thread pools already ran (any
+    # earlier test) can hang in its first parallel op; four separate `suite` commands are
+    # fresh interpreters anyway.
+    ctx = mp.get_context("spawn")
     gate = ctx.Barrier(4)
     codes = [ctx.Value("i", -1) for _ in range(4)]
     procs = [ctx.Process(target=_driver, args=(str(store.workspace), study_file, gate, c))
