@@ -22,6 +22,12 @@ from suite.errors import SuiteError
 # ``C = 1 / l2`` (scikit-learn sums the loss over examples).
 PAPER_L2_GRID: tuple[float, ...] = tuple(10.0 ** (-6 + 11 * i / 44) for i in range(45))
 
+# Transferability estimators the probe stage can log (suite.estimators; the registry there
+# checks this list against its own). The default of a study: all of them, each where it applies
+# (leep and nce need the source head's probabilities).
+ESTIMATOR_NAMES: tuple[str, ...] = ("logme", "leep", "nce", "hscore", "hscore_shrinkage",
+                                    "nleep", "gbc", "sfda", "transrate")
+
 
 class Setting(str, enum.Enum):
     """The three transfer settings of the paper."""
@@ -158,6 +164,9 @@ class ProbeConfig:
     num_workers: int = -1
     decode: Decoder = Decoder.auto  # where JPEGs are decoded for extraction
     skip_corrupt: bool = False
+    # Transferability estimators scored on the training split's cached features (metrics
+    # estimator.<name>); () = none. Not part of the probe's cell key: they do not change the fit.
+    estimators: tuple[str, ...] = ESTIMATOR_NAMES
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,8 @@ class StudyConfig:
     probe_search: ProbeSearch = ProbeSearch.exhaustive  # adaptive: an approximation, see probe
     decode: Decoder = Decoder.auto  # where the probes' feature extraction decodes JPEGs
     l2_grid: tuple[float, ...] = PAPER_L2_GRID
+    # Transferability estimators the probes log (suite.estimators); [] disables them.
+    estimators: tuple[str, ...] = ESTIMATOR_NAMES
     finetune: GridOptions = GridOptions()
     scratch: GridOptions = GridOptions(steps=300, lrs=(0.03, 0.1))
     n_resamples: int = 2000
@@ -381,6 +392,10 @@ def validate_study(cfg: StudyConfig) -> None:
                          "Use any of: logistic, finetune, scratch.")
     if any(v <= 0 for v in cfg.l2_grid):
         raise SuiteError("l2_grid values must be positive.", "Remove zero or negative values.")
+    unknown = [e for e in cfg.estimators if e not in ESTIMATOR_NAMES]
+    if unknown:
+        raise SuiteError(f"Unknown estimator(s) {', '.join(unknown)} in study {cfg.name!r}.",
+                         f"Use any of: {', '.join(ESTIMATOR_NAMES)}, or [] for none.")
 
 
 def study_to_yaml(cfg: StudyConfig) -> str:
@@ -403,7 +418,8 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "PAPER_L2_GRID", "Setting", "Executor", "SlurmOptions", "ProbeBackend", "ProbeSearch",
+    "PAPER_L2_GRID", "ESTIMATOR_NAMES", "Setting", "Executor", "SlurmOptions", "ProbeBackend",
+    "ProbeSearch",
     "Decoder", "Launcher",
     "ModelConfig", "PretrainConfig", "FinetuneConfig", "ProbeConfig", "GridOptions",
     "AnalysisConfig", "StudyConfig", "flatten",
