@@ -386,6 +386,68 @@ def probe(
 
 
 @app.command()
+def estimate(
+    model: ModelArg,
+    dataset: DatasetArg,
+    version: VersionOpt = "latest",
+    estimator: Optional[List[str]] = typer.Option(
+        None, help="Estimators to score (repeatable); default all: logme, leep, nce, hscore, "
+        "hscore_shrinkage, nleep, gbc, sfda, transrate."),
+    split: str = typer.Option("train", help="Split to score (the literature scores train)."),
+    val_fraction: float = typer.Option(0.2, help="Held out of train when the dataset has no "
+                                       "validation split (which rows train has)."),
+    seed: SeedOpt = 0,
+    data_root: DataRootOpt = "",
+    device: DeviceOpt = "auto",
+    batch_size: int = typer.Option(256, help="Feature-extraction batch size."),
+    num_workers: WorkersOpt = -1,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON."),
+) -> None:
+    """Transferability estimators of one registered model on one dataset (cached features;
+    higher = better); nothing is logged to MLflow."""
+    import json
+
+    from rich.table import Table
+
+    from suite import data, features, tracking
+    from suite.config import ESTIMATOR_NAMES
+    from suite.estimators import ESTIMATORS, check_names
+    from suite.probe.estimate import score_split
+    from suite.progress import console, resolve_device
+
+    names = check_names(estimator or ESTIMATOR_NAMES)
+    _tracking()
+    mv = tracking.get_version(model, version)
+    info = data.get_info(dataset, data_root)
+    dev = resolve_device(device)
+    x, y = features.extract(mv, info.name, split, root=data_root, device=dev,
+                            batch_size=batch_size, num_workers=num_workers, seed=seed,
+                            val_fraction=val_fraction)
+    scores = score_split(mv, info.name, x, y, names, root=data_root, device=dev, seed=seed,
+                         val_fraction=val_fraction, split=split)
+    t = Table(title=f"{mv.name} v{mv.version} on {info.name}/{split}: {len(x)} examples, "
+                    f"{x.shape[1]} features (higher = better)", title_justify="left")
+    for col in ("estimator", "value", "seconds"):
+        t.add_column(col, justify="left" if col == "estimator" else "right")
+    for name in names:
+        if name in scores.values:
+            v, sec = scores.values[name]
+            t.add_row(ESTIMATORS[name].title + f" ({name})", f"{v:.6g}", f"{sec:.3f}")
+        else:
+            t.add_row(ESTIMATORS[name].title + f" ({name})", "–", "skipped")
+    console.print(t)
+    for name, why in scores.skipped.items():
+        console.print(f"  {name}: {why}", highlight=False, markup=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps({
+            "model": mv.name, "version": str(mv.version), "dataset": info.name, "split": split,
+            "n": int(len(x)), "d": int(x.shape[1]),
+            "estimators": {k: {"value": v, "seconds": sec}
+                           for k, (v, sec) in scores.values.items()},
+            "skipped": scores.skipped}, indent=1))
+
+
+@app.command()
 def analyze(
     study: str = typer.Option("mini", help="Study (= MLflow experiment) to analyse."),
     from_csv: Optional[Path] = typer.Option(
@@ -658,6 +720,36 @@ def bench_features(
     res = _bench(arch, batch_size=batch_size, n_images=n_images, device=resolve_device(device),
                  n_files=n_files, num_workers=num_workers)
     typer.echo(json.dumps(res, indent=2, default=str))
+
+
+@bench_app.command("estimators")
+def bench_estimators(
+    size: Optional[List[str]] = typer.Option(
+        None, help="N,D,CLASSES (repeatable); default the paper's shapes 50000,2048,100 and "
+        "5000,2048,100."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON."),
+    device: str = typer.Option("cpu", help="Where the estimators and the probe run."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Also time the full probe "
+                               "protocol on the same features (the ratio's baseline)."),
+    estimator: Optional[List[str]] = typer.Option(None, help="Only these (repeatable)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Each estimator's seconds beside the full probe protocol, and LogME vs a NumPy port of
+    its reference algorithm, on the same features in one run."""
+    from suite.estimators.bench import run_bench
+
+    sizes = None
+    if size:
+        try:
+            sizes = [tuple(int(v) for v in s.split(",")) for s in size]
+        except ValueError:
+            raise SuiteError(f"--size must be N,D,CLASSES, got {size!r}.",
+                             "For example: --size 5000,2048,100") from None
+        if any(len(s) != 3 or min(s) < 2 for s in sizes):
+            raise SuiteError(f"--size must be N,D,CLASSES (each at least 2), got {size!r}.",
+                             "For example: --size 5000,2048,100")
+    run_bench(sizes, device=device, json_out=json_out, seed=seed, probe=probe,
+              names=estimator or None)
 
 
 @bench_app.command("analysis")

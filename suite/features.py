@@ -3,7 +3,8 @@
 Reads: the registered model version (MLflow registry), the dataset split (suite.data).
 Writes: ``<workspace>/features/<model>/v<version>/<dataset>-<hash>/<split>.npz`` with keys
 ``x`` (n, D) float32, ``y`` (n,) int64 or (n, k) float32 (multi-label), and ``meta`` (JSON: what
-the features were computed from, checked on reuse).
+the features were computed from, checked on reuse); beside it, on request
+(:func:`source_probs`), ``<split>.source.npz``: the source head's softmax on those features.
 
 The folder is the dataset's exact id (:func:`suite.data.identity`): its sanitised name, to be
 readable, and a hash of the id — a ``folder:`` tree's resolved path, a paper dataset's name and
@@ -377,6 +378,80 @@ def extract(mv, dataset: str, split: str, *, root: str = "", device: Any = "auto
 
 
 # ---------------------------------------------------------------------------------------------
+# source-head probabilities (for the estimators that read the source classifier: LEEP, NCE)
+
+
+def source_head(model: nn.Module, feature_dim: int) -> nn.Module | None:
+    """The module mapping ``model``'s penultimate features (what :func:`prepare_extractor`
+    returns, (n, D)) to its source logits, or None when there is none that applies: a final
+    ``nn.Linear`` taking D inputs (the classifier :func:`suite.models.feature_extractor` cuts
+    off, so applying it to cached features reproduces the network's own logits; timm models:
+    ``get_classifier()``). SqueezeNet's classifier (1x1 conv, ReLU, then pooling) does not
+    commute with the pooling the features already went through: None."""
+    from suite.models import _is_timm, head_path
+
+    try:
+        head = model.get_classifier() if _is_timm(model) else model.get_submodule(
+            head_path(model))
+    except (SuiteError, AttributeError):
+        return None
+    if not isinstance(head, nn.Linear) or head.in_features != feature_dim:
+        return None
+    if head.out_features < 2:
+        return None
+    return head
+
+
+def _probs_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.source.npz")
+
+
+def source_probs(mv, dataset: str, split: str, x: np.ndarray, *, root: str = "",
+                 device: Any = "cpu", seed: int = DEFAULT_SEED,
+                 val_fraction: float = DEFAULT_VAL_FRACTION) -> np.ndarray | None:
+    """Softmax of the source head on the cached features ``x`` (n, D) of one split: (n, Z)
+    float32, or None when the model has no applicable source head (:func:`source_head`).
+
+    Cached beside the features as ``<split>.source.npz`` (key ``p``, and ``meta``: the feature
+    cache's own meta, checked on reuse, so that re-extracted features recompute the
+    probabilities). The head runs in float32 on ``device``.
+    """
+    path = cache_path(mv.name, mv.version, dataset, split, root=root, seed=seed,
+                      val_fraction=val_fraction)
+    probs_path = _probs_path(path)
+    feature_meta = ""
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                feature_meta = str(z["meta"]) if "meta" in z.files else ""
+        except Exception:  # noqa: BLE001 -- unreadable: recompute below, do not cache
+            feature_meta = ""
+    if feature_meta and probs_path.is_file():
+        try:
+            with np.load(probs_path, allow_pickle=False) as z:
+                if str(z["meta"]) == feature_meta and len(z["p"]) == len(x):
+                    return z["p"] if z["p"].ndim == 2 else None
+        except Exception:  # noqa: BLE001 -- any unreadable file is recomputed
+            pass
+    head = source_head(_load_model(mv), x.shape[1])
+    if head is None:
+        p = np.zeros((0,), np.float32)  # "no head", cached too
+    else:
+        device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        head = head.to(device).eval()
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, len(x), 8192):
+                logits = head(torch.from_numpy(x[i:i + 8192]).to(device).float())
+                parts.append(torch.softmax(logits.float(), dim=1).cpu())
+        head.to("cpu")
+        p = torch.cat(parts).numpy().astype(np.float32)
+    if feature_meta:
+        _write_atomic(probs_path, p=p, meta=np.array(feature_meta))
+    return p if p.ndim == 2 else None
+
+
+# ---------------------------------------------------------------------------------------------
 # benchmark
 
 
@@ -545,4 +620,4 @@ def bench_features(arch: str = "resnet18", batch_size: int = 64, n_images: int =
 
 
 __all__ = ["bench_features", "bench_files", "bench_jpeg", "cache_path", "extract",
-           "prepare_extractor", "run_extractor"]
+           "prepare_extractor", "run_extractor", "source_head", "source_probs"]

@@ -65,7 +65,7 @@ def make_probe_config(cfg: StudyConfig, name: str, version: str, dataset: str) -
                        l2_grid=cfg.l2_grid, seed=cfg.seed,
                        study=cfg.name, data_root=cfg.data_root, device=cfg.device,
                        num_workers=cfg.num_workers, decode=cfg.decode,
-                       skip_corrupt=cfg.skip_corrupt)
+                       skip_corrupt=cfg.skip_corrupt, estimators=cfg.estimators)
 
 
 def make_finetune_config(cfg: StudyConfig, name: str, version: str, dataset: str,

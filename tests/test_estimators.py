@@ -423,3 +423,83 @@ def test_logits_are_refused_as_probabilities():
     _, y, p = make_data(n=50, d=5, seed=11)
     with pytest.raises(SuiteError, match="logits"):
         E.leep(torch.tensor(np.log(p)), torch.tensor(y))
+
+
+# ----------------------------------------------------------------------------- in the study
+
+
+@pytest.fixture
+def cnn_version(store):
+    from fakes import register
+
+    from suite import models, tracking
+
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 40, width=4).eval()
+    tags = {tracking.VTAG_ARCH: "cnn", "width": 4, "depth": 1, "image_size": 32,
+            tracking.VTAG_SOURCE_TOP1: 50.0}
+    return register(net, "e-cnn", tags, study="e")
+
+
+def test_probe_logs_estimators_and_completes_reused_runs(cnn_version):
+    """A probe without estimators, then the same probe with them: the cell is the same (the
+    estimators are not in its key), the run is reused, and the estimators are logged onto it;
+    LEEP/NCE read the SmallCNN's 40-way source head applied to the cached features."""
+    from conftest import single_thread
+
+    from suite import features, tracking
+    from suite.config import ProbeConfig
+    from suite.probe import run_probe
+
+    cfg = ProbeConfig(model_name=cnn_version.name, dataset="synth-shapes", study="e",
+                      device="cpu", l2_grid=(1e-2, 1.0), estimators=())
+    with single_thread():
+        first = run_probe(cfg)
+        run = tracking.client().get_run(first.run_id)
+        assert not any(k.startswith("estimator.") for k in run.data.metrics)
+        again = run_probe(ProbeConfig(**{**cfg.__dict__, "estimators": ("logme", "leep", "nce",
+                                                                        "gbc")}))
+    assert again.reused and again.run_id == first.run_id
+    m = tracking.client().get_run(first.run_id).data.metrics
+    for name in ("logme", "leep", "nce", "gbc"):
+        assert math.isfinite(m[f"estimator.{name}"]) and m[f"estimator.{name}.seconds"] >= 0
+    # the source head on cached features reproduces the network's own softmax
+    x, y = features.extract(cnn_version, "synth-shapes", "train", device="cpu")
+    p = features.source_probs(cnn_version, "synth-shapes", "train", x)
+    assert p.shape == (len(x), 40)
+    np.testing.assert_allclose(m["estimator.leep"], E.leep(torch.tensor(p), torch.tensor(y)),
+                               rtol=1e-6)
+    assert features.cache_path(cnn_version.name, cnn_version.version, "synth-shapes",
+                               "train").with_name("train.source.npz").is_file()
+
+
+def test_no_source_head_skips_leep_with_a_note(cnn_version, monkeypatch):
+    from suite import features
+    from suite.probe.estimate import score_split
+
+    monkeypatch.setattr(features, "source_head", lambda model, dim: None)
+    x, y, _ = make_data(n=80, d=8, seed=12)
+    s = score_split(cnn_version, "synth-shapes", x.astype(np.float32), y, ("leep", "logme"),
+                    split="nosuch")
+    assert set(s.values) == {"logme"} and "no source-head" in s.skipped["leep"]
+
+
+def test_cli_estimate_prints_every_estimator(cnn_version, capsys, tmp_path):
+    import json
+
+    from suite.cli import main
+
+    out = tmp_path / "e.json"
+    ws = str(tracking_ws())
+    assert main(["-w", ws, "estimate", cnn_version.name, "synth-shapes", "--device", "cpu",
+                 "--estimator", "logme", "--estimator", "nce", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["estimators"]) == {"logme", "nce"}
+    captured = capsys.readouterr()
+    assert "logme" in captured.out + captured.err
+
+
+def tracking_ws():
+    from suite import tracking
+
+    return tracking.current().workspace

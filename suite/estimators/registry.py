@@ -101,6 +101,9 @@ def compute_all(features, labels, source_probs=None, names: Sequence[str] | None
         except SuiteError as e:
             notes.append(f"{name}: skipped, {e.message}")
             continue
+        except torch.linalg.LinAlgError as e:  # a degenerate fit (e.g. a singular covariance)
+            notes.append(f"{name}: skipped, numerical failure ({e}).")
+            continue
         _sync(ref)
         out[name] = (value, time.perf_counter() - t0)
     return out

@@ -5,7 +5,10 @@ splits, the feature cache (``<workspace>/features/...``; filled on first use).
 Writes: the feature cache, and one MLflow run (tags stage=probe, setting=logistic, model,
 model_version, dataset) with params = the ProbeConfig, metrics ``test_accuracy``,
 ``val_accuracy`` (percent, by the dataset's metric), ``selected_l2``, ``fit_seconds``,
-``extract_seconds``, and the artifact ``probe_sweep.csv`` (validation accuracy per l2).
+``extract_seconds``, ``estimator.<name>`` and ``estimator.<name>.seconds`` for the
+transferability estimators of ``cfg.estimators`` on the training split
+(:mod:`suite.probe.estimate`), and the artifact ``probe_sweep.csv`` (validation accuracy per
+l2). The estimators are not part of the cell key; a reused run lacking some gets them added.
 
 Protocol (the paper's): 45 log-spaced l2 values from 1e-6 to 1e5, chosen on the validation split
 (the dataset's own, else a seeded stratified hold-out of train), refit on train+val, scored on
@@ -39,7 +42,7 @@ def probe_cell(cfg: ProbeConfig, model_name: str, version: str, inputs: str = ""
     params = flatten(cfg)
     params["inputs"] = inputs
     for k in ("device", "data_root", "num_workers", "batch_size", "study", "model_version",
-              "backend", "decode"):
+              "backend", "decode", "estimators"):
         params.pop(k, None)
     return tracking.cell_key(stage="probe", model=model_name, version=version, **params)
 
@@ -57,6 +60,10 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
     cell = probe_cell(cfg, mv.name, str(mv.version), features.input_plan_id(mv, info))
     done = tracking.find_finished_run(cfg.study, cell)
     if done is not None:
+        if cfg.estimators:  # a run from before the estimators (or another list): complete it
+            from suite.probe.estimate import complete_reused
+
+            complete_reused(cfg, mv, info, done)
         m = done.data.metrics
         return ProbeResult(done.info.run_id, m.get("selected_l2", float("nan")),
                            m.get("val_accuracy", float("nan")),
@@ -87,6 +94,10 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
             "n_train": float(len(xs["train"][0])), "l2_values_fitted": float(len(fit.sweep)),
         })
         mlflow.set_tag("suite.probe_backend", fit.backend)
+        if cfg.estimators:
+            from suite.probe.estimate import estimate_for_probe
+
+            estimate_for_probe(cfg, mv, info, *xs["train"], device, run.info.run_id)
         lines = ["l2,val_accuracy"] + [f"{l2:.6g},{acc:.4f}" for l2, acc in fit.sweep]
         mlflow.log_text("\n".join(lines) + "\n", "probe_sweep.csv")
     return ProbeResult(run.info.run_id, fit.selected_l2, fit.val_accuracy, fit.test_accuracy,
