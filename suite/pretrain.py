@@ -3,15 +3,19 @@
 :func:`run_pretrain` reads the source dataset (``train``, ``val`` and ``test`` splits of
 ``cfg.source``) and writes, in the study's experiment:
 
-- one run (tags ``suite.stage=pretrain``, ``suite.model``, ``suite.dataset``, ``suite.cell``) with
-  the config as params, per-epoch metrics ``train_loss``, ``val_accuracy`` and ``source_top1``
-  (source test top-1, percent; its last value is the final one), and the model artifact;
+- one run named ``pretrain <model> on <source>`` (tags ``suite.stage=pretrain``, ``suite.model``,
+  ``suite.dataset``, ``suite.cell``) with the config as params, the source's train/val/test
+  splits as dataset inputs (:func:`suite.tracking.log_dataset_inputs`), per-epoch metrics
+  ``train_loss``, ``val_accuracy`` and ``source_top1`` (source test top-1, percent; its last
+  value is the final one), MLflow's ``system/*`` metrics when ``psutil`` is installed, and the
+  model artifact (with its signature and input example);
 - one registered model version (name ``cfg.registered_name`` or ``<study>-<model.name>``)
   tagged with the architecture, its training choices, the source dataset, ``source_top1``,
   ``image_size``, ``input_mean`` / ``input_std`` (the per-channel normalisation it was trained
   on: ``synthetic.MEAN/STD`` for a synthetic source, the architecture's preprocessing for an
   on-disk one), ``recipe`` (:func:`pretrain_recipe`), ``suite.study``, ``suite.cell`` and
-  ``run_id``.
+  ``run_id``; the registered model gets a description of the checkpoint
+  (:func:`suite.tracking.checkpoint_description`).
 
 Resume: the cell (a hash of the config without device/num_workers/data_root) is a version tag;
 a version with the same cell is returned as is (``reused=True``), so a study never registers the
@@ -114,7 +118,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     _check(cfg)
 
     tags = tracking.run_tags(cfg.study, "pretrain", model=name, dataset=cfg.source, cell=cell)
-    with tracking.start_run(cfg.study, f"pretrain {name}", tags) as run:
+    with tracking.start_run(cfg.study, f"pretrain {cfg.model.name} on {cfg.source}", tags,
+                            log_system_metrics=tracking.system_metrics_available()) as run:
         tracking.log_config(cfg)
         model, info, inputs, top1 = _train(cfg)
         mv = _register(model, name, cfg, cell, info, inputs, top1, run.info.run_id)
@@ -167,6 +172,8 @@ def _train(cfg: PretrainConfig):
              "skip_corrupt": cfg.skip_corrupt}
     train, val, test = (load_split(cfg.source, s, **split) for s in ("train", "val", "test"))
     log_skipped([train, val, test], cfg.source)
+    tracking.log_dataset_inputs(cfg.source, ("train", "val", "test"), root=cfg.data_root,
+                                seed=cfg.seed, loaded={"train": train, "val": val, "test": test})
     val_loader = eval_loader(val, num_workers=cfg.num_workers)
     test_loader = eval_loader(test, num_workers=cfg.num_workers)
     inputs = {"image_size": int(train[0][0].shape[-1]),

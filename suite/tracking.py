@@ -22,16 +22,18 @@ Run tags (``suite.*``) let the UI filter and analysis query without guessing:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 from suite.errors import SuiteError
 
@@ -43,6 +45,12 @@ TAG_DATASET = "suite.dataset"
 TAG_SETTING = "suite.setting"
 TAG_CELL = "suite.cell"
 TAG_PARENT_RUN = "mlflow.parentRunId"
+# The experiment tag MLflow 3.x's UI reads to choose an experiment's view: without it the UI
+# guesses, and a study (runs, no traces) opens in the GenAI view (traces, judges, prompts; the
+# analysis run under "Evaluations"). "custom_model_development" is its model-training kind,
+# which opens the runs table.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # Registered-model version tags (what analysis and fine-tuning read back).
 VTAG_ARCH = "architecture"
@@ -373,11 +381,15 @@ def experiment_id(study: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if exp.tags.get(TAG_EXPERIMENT_KIND) is None:  # a study created before the tag
+            with contextlib.suppress(Exception):
+                c.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
     root = current().artifact_root
     location = f"{root}/{safe_name(study)}" if root else None
     try:
-        return c.create_experiment(study, artifact_location=location, tags={TAG_STUDY: study})
+        return c.create_experiment(study, artifact_location=location,
+                                   tags={TAG_STUDY: study, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         exp = c.get_experiment_by_name(study)
         if exp is None:
@@ -438,27 +450,45 @@ def run_tags(study: str, stage: str, *, model: str = "", model_version: str = ""
     return tags
 
 
+def system_metrics_available() -> bool:
+    """Whether training runs log MLflow's system metrics (CPU, memory, disk, network; GPU
+    utilisation and memory with ``pynvml``): when ``psutil`` is installed (the optional
+    ``system-metrics`` extra), unless ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is set false.
+    The sampling interval is MLflow's (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``, 10 s)."""
+    import importlib.util
+
+    flag = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    return importlib.util.find_spec("psutil") is not None
+
+
 @contextlib.contextmanager
-def start_run(study: str, run_name: str, tags: dict[str, str], nested: bool = False) -> Iterator:
+def start_run(study: str, run_name: str, tags: dict[str, str], nested: bool = False,
+              log_system_metrics: bool = False) -> Iterator:
     """Start (or, inside an MLflow Project, resume) a run in the study's experiment.
 
     The run ends FINISHED only if the body returns; an exception marks it FAILED, so a killed or
-    failed cell is never mistaken for a completed one.
+    failed cell is never mistaken for a completed one. ``log_system_metrics`` (training runs:
+    pass :func:`system_metrics_available`) samples MLflow's ``system/*`` metrics while the run
+    is open.
     """
     import mlflow
 
     exp = experiment_id(study)
     resume = os.environ.get("MLFLOW_RUN_ID") if not nested else None
+    system = bool(log_system_metrics) or None  # None: MLflow's own default (off)
     if resume and mlflow.active_run() is None:
         # Inside an MLflow Project: adopt the launcher's run once. Nested runs must not resume
         # it again, so the variable goes (as MLflow itself does when it consumes it).
         os.environ.pop("MLFLOW_RUN_ID", None)
-        run = mlflow.start_run(run_id=resume)
+        run = mlflow.start_run(run_id=resume, log_system_metrics=system)
         mlflow.set_tags(tags)
         if run_name:
             mlflow.set_tag("mlflow.runName", run_name)
     else:
-        run = mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags, nested=nested)
+        run = mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags, nested=nested,
+                               log_system_metrics=system)
     try:
         yield run
     except BaseException:
@@ -509,11 +539,199 @@ def metric_history(run_id: str, name: str) -> list[tuple[int, float]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# dataset inputs (the runs table's "Datasets" column, the run page's dataset drawer)
+
+# Source types of the datasets a run logs: a synthetic set is its generator (name, version and
+# per-part seeds, which define its tensors); an on-disk set is MLflow's "local" source (the
+# file URI of its folder: an ImageFolder tree, or a paper dataset's folder under its root).
+SOURCE_GENERATOR = "suite-generator"
+DIGEST_CHARS = 16  # of the split's sha256 fingerprint (MLflow keeps at most 36)
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset_classes():
+    """(GeneratorSource, SplitDataset), built on first use so importing this module does not
+    import MLflow. The source is registered with MLflow, so ``mlflow.data.get_source(ds)``
+    rebuilds it from a run's dataset input."""
+    from mlflow.data.dataset_source import DatasetSource
+    from mlflow.data.dataset_source_registry import register_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class GeneratorSource(DatasetSource):
+        """A dataset generated in memory by ``suite.data.synthetic``: its name and generator
+        parameters (version, image side, per-part seeds and sizes)."""
+
+        def __init__(self, generator: str, version: int | str = "", seeds: dict | None = None,
+                     size: int = 0):
+            self.generator, self.version = generator, version
+            self.seeds, self.size = dict(seeds or {}), size
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return SOURCE_GENERATOR
+
+        def load(self, **kwargs):
+            from suite.data import load_split
+
+            return load_split(self.generator, kwargs.get("split", "train"))
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any):
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"generator": self.generator, "version": self.version, "seeds": self.seeds,
+                    "size": self.size}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict) -> GeneratorSource:
+            return cls(source_dict.get("generator", ""), source_dict.get("version", ""),
+                       source_dict.get("seeds"), source_dict.get("size", 0))
+
+    class SplitDataset(MetaDataset):
+        """One split of a suite dataset, as metadata: name, digest (of its fingerprint),
+        source, tensor schema (image, label) where known, and a profile (images, classes)."""
+
+        def __init__(self, source, name: str, digest: str, schema=None,
+                     profile: dict | None = None):
+            self._profile = profile or {}
+            super().__init__(source, name=name, digest=digest)
+            self._tensor_schema = schema
+
+        @property
+        def profile(self):
+            return self._profile
+
+        @property
+        def schema(self):
+            return self._tensor_schema
+
+        def to_dict(self) -> dict[str, str]:
+            config = super(MetaDataset, self).to_dict()  # name, digest, source, source_type
+            if self._tensor_schema is not None:
+                config["schema"] = json.dumps(self._tensor_schema.to_dict())
+            config["profile"] = json.dumps(self._profile)
+            return config
+
+    register_dataset_source(GeneratorSource)
+    return GeneratorSource, SplitDataset
+
+
+def _split_schema(image_shape: tuple[int, ...] | None, multilabel: bool, num_classes: int):
+    """MLflow's tensor schema of a split: images (-1, C, H, W) float32 (H, W = -1 when they
+    vary) and labels (-1,) int64, or (-1, k) float32 0/1 for a multi-label set."""
+    import numpy as np
+    from mlflow.data.schema import TensorDatasetSchema
+    from mlflow.types import Schema, TensorSpec
+
+    shape = (-1, *image_shape) if image_shape else (-1, 3, -1, -1)
+    target = (TensorSpec(np.dtype(np.float32), (-1, num_classes), "labels") if multilabel
+              else TensorSpec(np.dtype(np.int64), (-1,), "label"))
+    return TensorDatasetSchema(features=Schema([TensorSpec(np.dtype(np.float32), shape,
+                                                           "image")]),
+                               targets=Schema([target]))
+
+
+def mlflow_dataset(dataset: str, split: str, *, root: str = "", seed: int = 0,
+                   val_fraction: float = 0.2, loaded=None):
+    """One split of ``dataset`` as an ``mlflow.data`` dataset (what :func:`log_dataset_inputs`
+    logs): name = the dataset's exact id (:func:`suite.data.identity`: ``synth-shapes``,
+    ``cifar10``, ``folder:/abs/tree``), digest = the first :data:`DIGEST_CHARS` characters of
+    the split's fingerprint (:func:`suite.data.split_fingerprint`; equal digests, equal images
+    and labels), source = the generator (synthetic sets) or the data's folder (MLflow's
+    ``local`` source), schema (image / label tensors) and profile (images, classes, split).
+
+    ``loaded``: the split as :func:`suite.data.load_split` returned it (its file list is
+    fingerprinted instead of listing the folder again; its first image gives the schema's
+    side); ``seed`` / ``val_fraction`` define a held-out val split as they did there."""
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    from suite import data
+
+    generator_source, split_dataset = _dataset_classes()
+    info = data.get_info(dataset, root)
+    try:
+        fp = data.split_fingerprint(dataset, split, root=root, seed=seed,
+                                    val_fraction=val_fraction, loaded=loaded)
+    except SuiteError:  # a dataset the registry of suite.data does not list (a test's own)
+        fp = {"dataset": dataset, "split": split, "n": len(loaded) if loaded is not None else 0}
+        fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+        if info.kind == "synthetic":
+            fp["generator"] = {"size": info.image_size}
+    ident = data.identity(dataset, root)
+    shape = None
+    if "generator" in fp:
+        gen = fp["generator"]
+        source = generator_source(dataset, gen.get("version", ""),
+                                  {p["split"]: p["seed"] for p in gen.get("parts", [])},
+                                  gen.get("size", 0))
+        shape = (3, int(gen["size"]), int(gen["size"])) if gen.get("size") else None
+    else:
+        # Decoded on-disk images vary in size: the schema's H and W stay -1.
+        source = get_dataset_source_from_json(
+            json.dumps({"uri": _data_folder(dataset, root).as_uri()}), "local")
+    profile = {"split": split, "num_images": int(fp.get("n", 0)),
+               "num_classes": int(info.num_classes), "metric": info.metric}
+    if fp.get("bytes"):
+        profile["bytes"] = int(fp["bytes"])
+    return split_dataset(source, name=ident["dataset"], digest=fp["digest"][:DIGEST_CHARS],
+                         schema=_split_schema(shape, info.multilabel, info.num_classes),
+                         profile=profile)
+
+
+def _data_folder(dataset: str, root: str) -> Path:
+    """The folder an on-disk dataset is read from (absolute)."""
+    from suite.data import FOLDER_PREFIX
+
+    if dataset.startswith(FOLDER_PREFIX):
+        return Path(dataset[len(FOLDER_PREFIX):]).expanduser().resolve()
+    from suite.data.paper import LOCATIONS
+
+    base = Path(root).expanduser() if root else Path(".")
+    return (base / LOCATIONS.get(dataset, dataset)).resolve()
+
+
+def log_dataset_inputs(dataset: str, splits: Sequence[str] = ("train", "val", "test"), *,
+                       root: str = "", seed: int = 0, val_fraction: float = 0.2,
+                       loaded: Mapping[str, Any] | None = None) -> list:
+    """Log the ``splits`` of ``dataset`` that the active run reads as its dataset inputs
+    (``mlflow.log_inputs``; context = the split name), so the runs table's Datasets column
+    and the run page show exactly what it used. Returns the ``mlflow.data`` datasets
+    (:func:`mlflow_dataset`). ``loaded`` maps split -> the split as loaded (optional; saves
+    listing on-disk folders again). Logging the same split twice is harmless: MLflow keeps one
+    input per (dataset, digest) and context."""
+    import mlflow
+
+    loaded = loaded or {}
+    sets = [mlflow_dataset(dataset, s, root=root, seed=seed, val_fraction=val_fraction,
+                           loaded=loaded.get(s)) for s in splits]
+    mlflow.log_inputs(datasets=sets, contexts=list(splits),
+                      tags_list=[{"suite.split": s} for s in splits])
+    return sets
+
+
+def log_dataset_input(dataset: str, split: str, **kwargs: Any):
+    """:func:`log_dataset_inputs` for one split; returns its ``mlflow.data`` dataset."""
+    return log_dataset_inputs(dataset, (split,), **kwargs)[0]
+
+
+# ---------------------------------------------------------------------------------------------
 # Model Registry
 
 
 def registered_name(study: str, model: str) -> str:
     return f"{study}-{model}"
+
+
+def model_label(name: str, study: str = "") -> str:
+    """The name a person reads for registered model ``name`` in run names: the study prefix of
+    :func:`registered_name` dropped (``tiny-cnn-w4`` in study ``tiny`` -> ``cnn-w4``)."""
+    prefix = f"{study}-"
+    return name[len(prefix):] if study and name.startswith(prefix) and name != prefix else name
 
 
 def register_version(run_id: str, artifact_path: str, name: str, tags: dict[str, Any],
@@ -533,7 +751,84 @@ def register_version(run_id: str, artifact_path: str, name: str, tags: dict[str,
     # own progress says what was registered.
     with contextlib.redirect_stderr(io.StringIO()):
         mv = mlflow.register_model(uri, name, tags={k: _tag(v) for k, v in tags.items()})
+    describe_version(name, str(mv.version), {k: _tag(v) for k, v in tags.items()})
     return mv
+
+
+# Version tags copied onto the registered model, so the registry's model list can be filtered
+# by them (its search box takes ``tags.`suite.study` = 'tiny'``, ``tags.architecture = 'cnn'``).
+RM_TAGS = (TAG_STUDY, VTAG_ARCH, VTAG_SOURCE, VTAG_SOURCE_TOP1)
+
+
+def checkpoint_description(tags: dict[str, str]) -> str:
+    """What a registered checkpoint is, in Markdown, from its version tags: architecture (and
+    cnn width/depth), source dataset and top-1, the four training choices, preprocessing,
+    study and run."""
+
+    def on(key: str, default: str = "") -> str:
+        return str(tags.get(key, default))
+
+    arch = on(VTAG_ARCH, "cnn")
+    shape = f" (width {on('width')}, depth {on('depth')})" if arch == "cnn" and "width" in tags \
+        else ""
+    origin = on("source_top1_origin")
+    top1 = f"{on(VTAG_SOURCE_TOP1, '?')}%" + (f" ({origin})" if origin else "")
+    choices = ", ".join(f"{c} = {on(c) if on(c) != '' else 'unknown'}" for c in VTAG_CHOICES)
+    lines = [f"**{arch}**{shape} checkpoint, source dataset **{on(VTAG_SOURCE, '?')}**, "
+             f"source top-1 **{top1}**.", "",
+             f"- training choices: {choices}"]
+    if tags.get("weights"):
+        lines.append(f"- weights: `{on('weights')}`" + (f" from `{on('weights_file')}`"
+                                                        if tags.get("weights_file") else ""))
+    if tags.get("factory"):
+        lines.append(f"- built by `{on('factory')}`, features at `{on('feature_layer')}`")
+    if tags.get("image_size"):
+        lines.append(f"- input: {on('image_size')} px, mean {on('input_mean')}, "
+                     f"std {on('input_std')}")
+    if tags.get(TAG_STUDY):
+        lines.append(f"- study `{on(TAG_STUDY)}`" + (f", run `{on('run_id')}`"
+                                                   if tags.get("run_id") else ""))
+    return "\n".join(lines)
+
+
+def describe_version(name: str, version: str, tags: dict[str, str]) -> None:
+    """Give a registered version (and its registered model, one per checkpoint) the
+    :func:`checkpoint_description`, and the model the :data:`RM_TAGS` of the version."""
+    c = client()
+    text = checkpoint_description(tags)
+    c.update_model_version(name, version, description=text)
+    c.update_registered_model(name, description=text)
+    for key in RM_TAGS:
+        if tags.get(key) not in (None, ""):
+            c.set_registered_model_tag(name, key, str(tags[key]))
+
+
+_ALIAS_BAD = re.compile(r"[^\w\-]")
+
+
+def alias_name(text: str) -> str:
+    """``text`` as a valid registered-model alias: characters outside ``[A-Za-z0-9_-]`` become
+    ``-`` (MLflow's rule; ``latest`` and ``v<N>`` are reserved and get a ``-`` appended)."""
+    alias = _ALIAS_BAD.sub("-", str(text)).strip("-") or "alias"
+    if alias.lower() == "latest" or re.fullmatch(r"v\d+", alias, flags=re.IGNORECASE):
+        alias += "-"
+    return alias[:255]
+
+
+def set_alias(name: str, alias: str, version: str | int, *, others: Sequence[str] = ()) -> str:
+    """Point ``alias`` (made valid by :func:`alias_name`) of registered model ``name`` at
+    ``version``, and remove it from the registered models ``others`` (the rest of a study's
+    models, which an earlier analysis may have given it). Returns the alias."""
+    c = client()
+    alias = alias_name(alias)
+    for other in others:
+        if other == name:
+            continue
+        with contextlib.suppress(Exception):  # no such alias there: nothing to remove
+            if alias in (c.get_registered_model(other).aliases or {}):
+                c.delete_registered_model_alias(other, alias)
+    c.set_registered_model_alias(name, alias, str(version))
+    return alias
 
 
 def _tag(v: Any) -> str:

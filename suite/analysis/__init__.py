@@ -41,7 +41,7 @@ import pandas as pd
 from rich.markup import escape
 
 from suite import tracking
-from suite.analysis import stats, table
+from suite.analysis import predictors, stats, table
 from suite.config import AnalysisConfig, Setting
 from suite.errors import SuiteError
 from suite.progress import console, status
@@ -384,6 +384,7 @@ def analyse(df: pd.DataFrame, cfg: AnalysisConfig, notes: _Notes, *,
             res = analyse_setting(df, s, cfg, notes, two_way=two_way)
         if res is not None:
             out["settings"][s] = res
+    predictors.attach(df, out, cfg, notes)  # settings[S]["predictors"]
     out["choices"] = analyse_choices(df, settings, cfg, notes)
     out["finetune_vs_scratch"] = analyse_finetune_vs_scratch(df, notes)
     return out
@@ -428,6 +429,9 @@ def headline_metrics(res: dict[str, Any]) -> dict[str, float]:
                 m[_metric_name(*prefix, k)] = d[k]
 
     for s, r in res["settings"].items():
+        for p, v in ((r.get("predictors") or {}).get("mean_tau_w") or {}).items():
+            if v is not None:  # predictor.<setting>.<predictor>.mean_tau_w
+                m[_metric_name("predictor", s, p, "mean_tau_w")] = v
         if r.get("aggregate"):
             put((s,), r["aggregate"])
         if r.get("adjusted"):
@@ -482,7 +486,10 @@ def run_analysis(cfg: AnalysisConfig, *, from_csv: str | Path | None = None,
     (self-contained, figures embedded), ``figures/*.png``; ``to_csv`` / ``json_out`` if given;
     a summary table per setting on stdout. With ``log`` (the default, also for CSV input) an
     MLflow run (``suite.stage = analysis``) in the study's experiment gets the config as
-    params, every headline number as a metric and all those files as artifacts.
+    params, every headline number as a metric and all those files as artifacts (the tidy table
+    and the correlation summary also as MLflow tables, the figures with ``log_figure``,
+    :func:`_log_artifacts`); for a study read from MLflow, each setting's best model gets the
+    registered-model alias ``best-<setting>`` (:func:`set_best_aliases`).
 
     ``settings`` restricts the analysis; ``two_way`` resamples datasets as well as models for
     the aggregate CIs. Bad input is reported in ``result.warnings`` and the analysis goes on
@@ -521,7 +528,10 @@ def run_analysis(cfg: AnalysisConfig, *, from_csv: str | Path | None = None,
     if tsne_models:
         embedding = tsne.embed_pair(df, tsne_models, seed=cfg.seed, notes=notes)
     with status("Drawing figures"):
-        figures = figs.draw_all(df, res, embedding, fig_dir)
+        drawn = figs.make_all(df, res, embedding)
+        # Kept open when logging: the analysis run gets them with mlflow.log_figure.
+        figures = figs.save_all(drawn, fig_dir, close=not log)
+    figures.update(predictors.draw(res, fig_dir))
     res["warnings"] = list(notes)
     result = AnalysisResult(table=df, stats=res, warnings=list(notes), out_dir=out_dir,
                             figures=figures)
@@ -531,14 +541,23 @@ def run_analysis(cfg: AnalysisConfig, *, from_csv: str | Path | None = None,
     if log:
         run_id = _log_run(cfg, res, result, two_way)
         res["run_id"] = run_id
+        if from_csv is None:
+            res["aliases"] = set_best_aliases(cfg.study, res, df, run_id)
     report.write_json(res, result.json_path)
     if json_out is not None:
         report.write_json(res, Path(json_out))
     result.html_path = report.write_html(res, df, figures, out_dir / "report.html")
     if log:
-        _log_artifacts(cfg, run_id, result)
+        try:
+            _log_artifacts(cfg, run_id, result, drawn, res)
+        finally:
+            import matplotlib.pyplot as plt
+
+            for fig in drawn.values():
+                plt.close(fig)
     result.run_id = run_id
     report.print_summary(res)
+    predictors.print_summary(res)
     return result
 
 
@@ -555,13 +574,88 @@ def _log_run(cfg: AnalysisConfig, res: dict, result: AnalysisResult, two_way: bo
         return run.info.run_id
 
 
-def _log_artifacts(cfg: AnalysisConfig, run_id: str, result: AnalysisResult) -> None:
-    """Attach the report files to the (finished) analysis run."""
+# Artifacts of the analysis run that the MLflow UI shows as a table (mlflow.log_table).
+RESULTS_TABLE = "tables/results.json"  # the tidy table, one row per (model, dataset, setting)
+CORRELATIONS_TABLE = "tables/correlations.json"  # the summary rows of every setting
+
+
+def correlation_rows(res: dict[str, Any]) -> pd.DataFrame:
+    """The correlation summary of every setting as one table: setting, row (``mean over
+    datasets``, ``dataset-adjusted`` or a dataset), Pearson r and Spearman ρ with their BCa
+    and percentile intervals, permutation p, models."""
+    rows = []
+    for s, r in res["settings"].items():
+        for label, d in (("mean over datasets", r.get("aggregate")),
+                         ("dataset-adjusted", r.get("adjusted")),
+                         *r["per_dataset"].items()):
+            if not d:
+                continue
+            row: dict[str, Any] = {"setting": s, "row": label}
+            for k in ("pearson", "spearman"):
+                row[k] = d.get(k)
+                for ci_key, name in ((f"{k}_ci", "bca"), (f"{k}_ci_pct", "pct")):
+                    lo, hi = (d.get(ci_key) or (None, None))[:2]
+                    row[f"{k}_{name}_low"], row[f"{k}_{name}_high"] = lo, hi
+            row["p_value"], row["n_models"] = d.get("p_value"), d.get("n_models")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _table_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with JSON-plain cells (numpy scalars and bools as Python values, NaN as None):
+    what ``mlflow.log_table`` writes and the UI's table viewer reads."""
+    out = df.astype(object).where(df.notna(), None)
+    return out.map(_plain) if hasattr(out, "map") else out.applymap(_plain)
+
+
+def _log_artifacts(cfg: AnalysisConfig, run_id: str, result: AnalysisResult,
+                   drawn: dict[str, Any], res: dict[str, Any]) -> None:
+    """Attach the report to the (finished) analysis run: ``report.html`` (the UI's artifact
+    viewer renders it), ``analysis.json``, ``table.csv``; the tidy table and the correlation
+    summary as MLflow tables (:data:`RESULTS_TABLE`, :data:`CORRELATIONS_TABLE`); every
+    figure with ``mlflow.log_figure`` under ``figures/``."""
     c = tracking.client()
     for path in (result.csv_path, result.json_path, result.html_path):
         c.log_artifact(run_id, str(path))
-    for path in result.figures.values():
-        c.log_artifact(run_id, str(path), artifact_path="figures")
+    c.log_table(run_id, data=_table_frame(result.table), artifact_file=RESULTS_TABLE)
+    corr = correlation_rows(res)
+    if not corr.empty:
+        c.log_table(run_id, data=_table_frame(corr), artifact_file=CORRELATIONS_TABLE)
+    from suite.analysis.figures import DPI
+
+    for name, fig in drawn.items():
+        c.log_figure(run_id, fig, f"figures/{name}.png", save_kwargs={"dpi": DPI})
+
+
+# Registered-model aliases the analysis sets: the study's best model of each setting (highest
+# mean transfer log-odds over datasets, as the report's "Best" line), e.g. models:/NAME@best-
+# logistic. One alias name per setting; moved off the study's other models when it changes.
+BEST_ALIAS = "best-{setting}"
+
+
+def set_best_aliases(study: str, res: dict[str, Any], df: pd.DataFrame,
+                     run_id: str | None = None) -> dict[str, str]:
+    """Point :data:`BEST_ALIAS` of each setting at the registered version of its best model;
+    returns {setting: "models:/NAME@ALIAS"} (also tags ``suite.best.<setting>`` on the
+    analysis run). Settings without a best model (too few models) are skipped."""
+    if df.empty or not {"registered_name", "version"} <= set(df.columns):
+        return {}
+    names = sorted({str(n) for n in df["registered_name"].dropna()})
+    out: dict[str, str] = {}
+    for setting, r in res["settings"].items():
+        best = (r.get("worse_than_best") or {}).get("best")
+        rows = df[(df["model"] == best) & (df["setting"] == setting)]
+        if not best or rows.empty:
+            continue
+        name, version = str(rows["registered_name"].iloc[0]), str(rows["version"].iloc[0])
+        if not name or name == "nan" or not version or version == "nan":
+            continue
+        alias = tracking.set_alias(name, BEST_ALIAS.format(setting=setting), version,
+                                   others=names)
+        out[setting] = f"models:/{name}@{alias}"
+        if run_id:
+            tracking.client().set_tag(run_id, f"suite.best.{setting}", f"{name}/{version}")
+    return out
 
 
 __all__ = [
@@ -572,5 +666,7 @@ __all__ = [
     "analyse_setting",
     "choice_pairs",
     "headline_metrics",
+    "correlation_rows",
     "run_analysis",
+    "set_best_aliases",
 ]

@@ -1,5 +1,6 @@
 """Figures of the analysis (matplotlib, Agg backend: no display needed). Each ``draw_*`` returns a
-Figure; :func:`draw_all` saves them as PNG and returns {name: path}."""
+Figure; :func:`make_all` draws every one the results allow, :func:`save_all` saves them as PNG
+and returns {name: path}; :func:`draw_all` does both."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 from suite.analysis import stats
 
 _COLORS = plt.get_cmap("tab10")
+DPI = 110  # of the saved PNGs (and of the copies the analysis run logs)
 
 
 def _grid(n: int, cols: int = 4, size: float = 3.0):
@@ -177,11 +179,10 @@ def draw_tsne(embedding: dict):
     return fig
 
 
-def draw_all(df: pd.DataFrame, res: dict[str, Any], embedding: dict | None,
-             out_dir: Path) -> dict[str, Path]:
-    """Draw every figure the results allow and save each as ``<out_dir>/<name>.png``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def make_all(df: pd.DataFrame, res: dict[str, Any],
+             embedding: dict | None) -> dict[str, Any]:
+    """Every figure the results allow, by name (``summary``, ``adjusted``,
+    ``datasets_<setting>``, ``choices``, ``curves``, ``tsne``): open matplotlib Figures."""
     figs = {"summary": draw_summary(res, "aggregate"), "adjusted": draw_summary(res, "adjusted")}
     for s in res["settings"]:
         figs[f"datasets_{s}"] = draw_datasets(df, res, s)
@@ -189,12 +190,25 @@ def draw_all(df: pd.DataFrame, res: dict[str, Any], embedding: dict | None,
     figs["curves"] = draw_curves(res)
     if embedding:
         figs["tsne"] = draw_tsne(embedding)
+    return {name: fig for name, fig in figs.items() if fig is not None}
+
+
+def save_all(figs: dict[str, Any], out_dir: Path, *, close: bool = True) -> dict[str, Path]:
+    """Save each figure as ``<out_dir>/<name>.png``; closed after unless ``close=False`` (the
+    analysis run logs them with ``mlflow.log_figure`` first, then closes them)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, fig in figs.items():
-        if fig is None:
-            continue
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        fig.savefig(path, dpi=DPI)
+        if close:
+            plt.close(fig)
         paths[name] = path
     return paths
+
+
+def draw_all(df: pd.DataFrame, res: dict[str, Any], embedding: dict | None,
+             out_dir: Path) -> dict[str, Path]:
+    """Draw every figure the results allow and save each as ``<out_dir>/<name>.png``."""
+    return save_all(make_all(df, res, embedding), out_dir)

@@ -653,11 +653,14 @@ def log_and_register_model(model: nn.Module, name: str, tags: dict[str, Any],
 
     Must be called inside a run (``suite.tracking.start_run``). The model is logged on CPU in
     eval mode; the caller's model (device, train/eval mode) is left as it was.
-    ``input_example``: an (n, 3, H, W) float array/tensor (or None), from which MLflow infers
-    the signature shown in the UI; with pickle serialization it is not needed for loading.
+    ``input_example``: an (n, 3, H, W) float array/tensor (or None): saved with the model, and
+    run through it once for the signature (input (-1, 3, H, W) float32 -> logits (-1, classes)
+    float32) that the registry UI shows; with pickle serialization neither is needed for
+    loading.
     """
     import mlflow
     import numpy as np
+    from mlflow.models import infer_signature
 
     from suite import tracking
 
@@ -669,15 +672,20 @@ def log_and_register_model(model: nn.Module, name: str, tags: dict[str, Any],
     cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
     was_training = cpu_model.training
     cpu_model.eval()
-    example = None
+    example = signature = None
     if input_example is not None:
         example = (input_example.detach().cpu().float().numpy()
                    if isinstance(input_example, torch.Tensor) else np.asarray(input_example,
                                                                              np.float32))
+        with torch.no_grad():
+            out = cpu_model(torch.from_numpy(example))
+        out = out[0] if isinstance(out, (tuple, list)) else out  # (logits, aux) in train mode
+        # The batch dimension is variable (-1), as MLflow's own inference makes it.
+        signature = infer_signature(example, out.detach().float().numpy())
     try:
         info = mlflow.pytorch.log_model(
             cpu_model, name=ARTIFACT_PATH, serialization_format="pickle",
-            input_example=example, pip_requirements=_pip_requirements())
+            input_example=example, signature=signature, pip_requirements=_pip_requirements())
     finally:
         cpu_model.train(was_training)
     return tracking.register_version(run.info.run_id, ARTIFACT_PATH, name, tags,

@@ -2,8 +2,9 @@
 
 Reads: a registered model version (``models:/<name>/<version>``), the dataset's train/val/test
 splits, the feature cache (``<workspace>/features/...``; filled on first use).
-Writes: the feature cache, and one MLflow run (tags stage=probe, setting=logistic, model,
-model_version, dataset) with params = the ProbeConfig, metrics ``test_accuracy``,
+Writes: the feature cache, and one MLflow run ``probe <model> on <dataset>`` (tags stage=probe,
+setting=logistic, model, model_version, dataset; the train/val/test splits as dataset inputs)
+with params = the ProbeConfig, metrics ``test_accuracy``,
 ``val_accuracy`` (percent, by the dataset's metric), ``selected_l2``, ``fit_seconds``,
 ``extract_seconds``, ``estimator.<name>`` and ``estimator.<name>.seconds`` for the
 transferability estimators of ``cfg.estimators`` on the training split
@@ -72,9 +73,11 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
     tags = tracking.run_tags(cfg.study, "probe", model=mv.name, model_version=str(mv.version),
                              dataset=info.name, setting=Setting.logistic.value, cell=cell)
     tags["suite.model_uri"] = f"models:/{mv.name}/{mv.version}"
-    run_name = f"probe {mv.name} v{mv.version} {info.name}"
+    run_name = f"probe {tracking.model_label(mv.name, cfg.study)} on {info.name}"
     with tracking.start_run(cfg.study, run_name, tags) as run:
         tracking.log_config(cfg)
+        tracking.log_dataset_inputs(info.name, ("train", "val", "test"), root=cfg.data_root,
+                                    seed=cfg.seed, val_fraction=cfg.val_fraction)
         t0 = time.perf_counter()
         xs = {}
         for split in ("train", "val", "test"):
