@@ -279,6 +279,9 @@ def write_html(res: dict[str, Any], df: pd.DataFrame, figures: dict[str, Path],
             parts.append(_img(figures["curves"], "learning curves"))
     if "tsne" in figures:
         parts.append("<h2>t-SNE of penultimate features</h2>" + _img(figures["tsne"], "t-SNE"))
+    from suite.analysis import predictors
+
+    parts.extend(predictors.html_section(res, figures, _html_table, _img))
     parts.append("<h2>Method</h2>" + _METHODS)
     cols = [c for c in ("model", "source_top1", "dataset", "setting", "accuracy") if c in df]
     rows = [[str(r[c]) if not isinstance(r[c], float) else f"{r[c]:.2f}" for c in cols]

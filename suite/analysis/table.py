@@ -19,6 +19,10 @@ recipe              hash of the rest of the pretraining config (epochs, lr, ...)
                     launcher's layout), so that the training-choice study only pairs models
                     trained alike (study tables only; empty when unknown)
 run_id              the probe / fine-tune run the accuracy came from (study tables only)
+<predictor>         any further numeric column: a predictor score of (model, dataset), higher
+                    = better (study tables: one per transferability estimator, ``logme``,
+                    ``leep``, ..., from the probe run's ``estimator.<name>`` metrics, on every
+                    setting's row of the pair; :mod:`suite.analysis.predictors`)
 ==================  ==========================================================================
 
 A table comes from MLflow (:func:`load_study_table`: the Model Registry for the models, the run
@@ -48,6 +52,7 @@ from suite.config import ModelConfig
 from suite.errors import SuiteError
 
 REQUIRED = ("model", "source_top1", "dataset", "setting", "accuracy")
+ESTIMATOR_METRIC = "estimator."  # probe-run metrics estimator.<name> (suite.probe.estimate)
 CHOICES = tracking.VTAG_CHOICES  # bn_scale, label_smoothing, dropout, aux_head
 DESIGN = ("architecture", "width", "depth") + CHOICES  # what makes two checkpoints differ
 # scratch_network: the model's random-init network (suite.finetune.scratch_key), so that the
@@ -59,6 +64,13 @@ KNOWN_SETTINGS = ("logistic", "finetune", "scratch")
 CHOICE_DEFAULTS = {c: getattr(ModelConfig("baseline"), c) for c in CHOICES}
 SCRATCH = "scratch"
 KEY = ["model", "dataset", "setting"]
+
+
+def predictor_columns(df: pd.DataFrame) -> list[str]:
+    """The predictor-score columns of a table: numeric columns beyond the required and known
+    optional ones (estimator scores), in table order."""
+    known = set(REQUIRED) | set(OPTIONAL)
+    return [c for c in df.columns if c not in known and pd.api.types.is_numeric_dtype(df[c])]
 
 
 def empty_table() -> pd.DataFrame:
@@ -128,6 +140,7 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
     versions = {(mv.name, str(mv.version)): _version_row(mv) for mv in study_mvs}
     tags_of = {(mv.name, str(mv.version)): dict(mv.tags or {}) for mv in study_mvs}
     rows = []
+    estimates: dict[tuple[str, str, str], dict[str, float]] = {}  # (name, version, dataset)
     for stage in ("probe", "finetune"):
         # Newest first (the run search API's default order), so the first of a cell wins.
         for run in tracking.search_runs(study, stage=stage):
@@ -151,11 +164,20 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
             row.update(dataset=dataset, setting=setting, accuracy=float(metrics["test_accuracy"]),
                        run_id=run.info.run_id)
             rows.append(row)
+            if stage == "probe":  # newest first: the first probe run of a pair gives them
+                est = {k[len(ESTIMATOR_METRIC):]: float(v) for k, v in metrics.items()
+                       if k.startswith(ESTIMATOR_METRIC) and not k.endswith(".seconds")}
+                estimates.setdefault((name, version, dataset), est)
     if not rows:
         notes.append(f"Study {study!r} has no finished probe or fine-tune runs in "
                      f"{tracking.current_uri()}.")
         return empty_table(), notes
     rows = _one_scratch_per_network(rows, versions, tags_of, notes)
+    names = sorted({k for est in estimates.values() for k in est})
+    for row in rows:  # estimator scores belong to (model, dataset): every setting's row
+        est = estimates.get((row["registered_name"], str(row["version"]), row["dataset"]), {})
+        for k in names:
+            row[k] = est.get(k, np.nan)
     df = pd.DataFrame(rows)
     df.insert(0, "model", _short_names(df, study))
     n = len(df)
@@ -163,7 +185,7 @@ def load_study_table(study: str) -> tuple[pd.DataFrame, list[str]]:
     if len(df) < n:
         notes.append(f"{n - len(df)} older run(s) of an already measured (model, dataset, "
                      "setting) cell were ignored (the newest run of each cell is used).")
-    cols = list(REQUIRED) + [c for c in OPTIONAL if c in df.columns]
+    cols = list(REQUIRED) + [c for c in OPTIONAL if c in df.columns] + names
     return df[cols], notes
 
 
@@ -244,14 +266,16 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     Floats are written with full precision (``repr``), so :func:`read_csv` gets them back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = list(REQUIRED) + [c for c in OPTIONAL if c in df.columns]
+    cols = list(REQUIRED) + [c for c in OPTIONAL if c in df.columns] + predictor_columns(df)
     df[cols].to_csv(path, index=False)
     return path
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
     """Read a results CSV: header ``model,source_top1,dataset,setting,accuracy`` (percent), plus
-    optionally the columns :func:`write_csv` adds. Wrong columns raise :class:`SuiteError`."""
+    optionally the columns :func:`write_csv` adds and any numeric columns, read as predictor
+    scores (a published table of estimator scores; :func:`predictor_columns`). Wrong columns
+    raise :class:`SuiteError`."""
     path = Path(path)
     header = ",".join(REQUIRED)
     if not path.is_file():
@@ -268,7 +292,15 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     cols = [str(c).strip() for c in df.columns]
     df.columns = cols
     missing = [c for c in REQUIRED if c not in cols]
-    unknown = [c for c in cols if c not in REQUIRED and c not in OPTIONAL]
+    unknown = []
+    for c in (c for c in cols if c not in REQUIRED and c not in OPTIONAL):
+        num = pd.to_numeric(df[c], errors="coerce")
+        # A numeric extra is a predictor score, unless the header is wrong altogether (a
+        # misnamed accuracy column is numeric too).
+        if missing or (num.isna() & df[c].notna()).any() or df[c].isna().all():
+            unknown.append(c)
+        else:
+            df[c] = num.astype("float64")
     if missing or unknown:
         what = []
         if missing:
@@ -280,7 +312,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
             f"{','.join(cols)}.",
             f"The expected header is exactly {header} (accuracies in percent; setting "
             f"logistic, finetune, scratch or another label). Optional extra columns: "
-            f"{', '.join(OPTIONAL)}.")
+            f"{', '.join(OPTIONAL)}; any other column must be numeric (a predictor score such "
+            "as an estimator's, higher = better).")
     for c in ("source_top1", "accuracy"):
         num = pd.to_numeric(df[c], errors="coerce")
         bad = df[c][num.isna() & df[c].notna()]
