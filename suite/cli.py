@@ -732,6 +732,7 @@ def bench_estimators(
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Also time the full probe "
                                "protocol on the same features (the ratio's baseline)."),
     estimator: Optional[List[str]] = typer.Option(None, help="Only these (repeatable)."),
+    repeat: int = typer.Option(3, help="Runs per estimator; the fastest is kept."),
     seed: int = typer.Option(0),
 ) -> None:
     """Each estimator's seconds beside the full probe protocol, and LogME vs a NumPy port of
@@ -749,7 +750,7 @@ def bench_estimators(
             raise SuiteError(f"--size must be N,D,CLASSES (each at least 2), got {size!r}.",
                              "For example: --size 5000,2048,100")
     run_bench(sizes, device=device, json_out=json_out, seed=seed, probe=probe,
-              names=estimator or None)
+              names=estimator or None, repeat=repeat)
 
 
 @bench_app.command("analysis")
