@@ -3,7 +3,8 @@
 Architectures are ``"cnn"`` (:class:`suite.models.cnn.SmallCNN`, for the fast synthetic study),
 any torchvision classification architecture (``torchvision.models.list_models``), or
 ``"timm:<name>"`` when the optional ``timm`` extra is installed (the paper's architectures that
-torchvision lacks, see :mod:`suite.models.zoo`).
+torchvision lacks, see :mod:`suite.models.zoo`), or ``"py:MODULE:FACTORY"``, a network of the
+user's own built by an importable factory (:mod:`suite.models.byo`).
 
 The four training choices of the paper map onto torchvision networks where they mean something:
 
@@ -46,6 +47,8 @@ import torch
 from torch import nn
 
 from suite.errors import SuiteError
+from suite.models import byo
+from suite.models.byo import PY_PREFIX
 from suite.models.cnn import SmallCNN, freeze_all_bn_scales
 
 CNN = "cnn"
@@ -105,15 +108,20 @@ def architectures() -> list[str]:
 
 
 def check_arch(arch: str) -> None:
-    """Raise SuiteError for an unknown architecture, naming the closest known ones."""
+    """Raise SuiteError for an unknown architecture, naming the closest known ones (a
+    ``py:`` factory is imported to check it)."""
     if arch == CNN or arch in torchvision_architectures() or arch.startswith(TIMM_PREFIX):
+        return
+    if arch.startswith(PY_PREFIX):
+        byo.check(arch)
         return
     close = difflib.get_close_matches(arch, architectures(), n=5, cutoff=0.5)
     hint = f"Did you mean {', '.join(close)}? " if close else ""
     raise SuiteError(
         f"Unknown architecture {arch!r}.",
         f"{hint}Use 'cnn', a torchvision classification model "
-        "(`suite zoo list` shows them), or 'timm:<name>' with the timm extra installed.",
+        "(`suite zoo list` shows them), 'timm:<name>' with the timm extra installed, or "
+        "'py:MODULE:FACTORY' for a network of your own.",
     )
 
 
@@ -186,6 +194,9 @@ def build_model(arch: str, num_classes: int, *, width: int = 16, depth: int = 1,
 
         return timm_models.build(arch[len(TIMM_PREFIX):], num_classes, bn_scale=bn_scale,
                                  dropout=dropout, aux_head=aux_head, weights=weights)
+    if arch.startswith(PY_PREFIX):
+        return _build_py(arch, num_classes, bn_scale=bn_scale, dropout=dropout,
+                         aux_head=aux_head, weights=weights)
     return _build_torchvision(arch, num_classes, bn_scale=bn_scale, dropout=dropout,
                               aux_head=aux_head, weights=weights)
 
@@ -226,6 +237,30 @@ def _build_torchvision(arch: str, num_classes: int, *, bn_scale: bool, dropout: 
     if w is not None and num_classes != len(w.meta["categories"]):
         replace_head(model, num_classes)
     if dropout is not None:  # None: keep the architecture's own (ImageNet checkpoints)
+        set_dropout(model, dropout)
+    return model
+
+
+def _build_py(arch: str, num_classes: int, *, bn_scale: bool, dropout: float, aux_head: bool,
+              weights: Any) -> nn.Module:
+    """A ``py:`` factory's network at random init (:mod:`suite.models.byo`) with a classifier
+    for ``num_classes``; its weights come from ``suite zoo register --weights-file``."""
+    if weights not in (None, "", "none"):
+        raise SuiteError(f"{arch}: a factory's network has no named weights.",
+                         "Register its state dict with `suite zoo register ARCH --weights-file "
+                         "F --source-top1 X` (or weights_file: in the study config).")
+    if aux_head:
+        raise SuiteError(f"{arch}: aux_head is not supported for a factory's network.",
+                         "Set aux_head to false.")
+    built = byo.build(arch)
+    model = built.model
+    if built.feature_layer:
+        setattr(model, byo.FEATURE_LAYER_ATTR, built.feature_layer)
+    if not bn_scale:
+        freeze_all_bn_scales(model, arch)
+    if _classes(model.get_submodule(head_path(model))) != num_classes:
+        replace_head(model, num_classes)
+    if dropout:
         set_dropout(model, dropout)
     return model
 
@@ -378,6 +413,11 @@ def feature_extractor(model: nn.Module) -> nn.Module:
     m = copy.deepcopy(model)
     if _is_timm(m):
         return _TimmFeatures(m).eval()
+    layer = getattr(m, byo.FEATURE_LAYER_ATTR, "")
+    if layer:  # a py: network registered with its penultimate layer named
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return byo.LayerFeatures(m, layer).eval()
     path = head_path(m)
     if isinstance(m.get_submodule(path), nn.Conv2d):
         # SqueezeNet: classifier = (dropout, conv1x1, relu, avgpool), then flatten; its
@@ -460,6 +500,8 @@ def preprocessing(arch: str, weights: Any = None) -> tuple[Callable, int]:
         from suite.models import timm_models
 
         return timm_models.preprocessing(arch[len(TIMM_PREFIX):])
+    if arch.startswith(PY_PREFIX):  # ImageNet's defaults; a registered version has its own
+        return byo.make_transform(byo.DEFAULTS), byo.DEFAULTS.input_size
     import torchvision
 
     w = resolve_weights(arch, weights) or torchvision.models.get_model_weights(arch).DEFAULT
@@ -574,7 +616,9 @@ def _weights_tag(tags: dict) -> str | None:
 
 def version_preprocessing(tags: dict) -> tuple[Callable, int]:
     """:func:`preprocessing` of a registered version's architecture and weights (its tags;
-    no architecture tag means ``cnn``)."""
+    no architecture tag means ``cnn``; a ``py:`` network's from its preprocessing tags)."""
+    if _arch_tag(tags).startswith(PY_PREFIX):
+        return byo.transform_from_tags(tags)
     return preprocessing(_arch_tag(tags), _weights_tag(tags))
 
 
@@ -647,7 +691,7 @@ def _pip_requirements() -> list[str]:
 
 
 def log_and_register_model(model: nn.Module, name: str, tags: dict[str, Any],
-                           input_example: Any = None):
+                           input_example: Any = None, code_paths: list[str] | None = None):
     """Log ``model`` to the active MLflow run (artifact ``model``, pickle serialization) and
     register it as a new version of ``name`` with ``tags``; returns the ModelVersion.
 
@@ -656,7 +700,8 @@ def log_and_register_model(model: nn.Module, name: str, tags: dict[str, Any],
     ``input_example``: an (n, 3, H, W) float array/tensor (or None): saved with the model, and
     run through it once for the signature (input (-1, 3, H, W) float32 -> logits (-1, classes)
     float32) that the registry UI shows; with pickle serialization neither is needed for
-    loading.
+    loading. ``code_paths``: source files/folders saved with the model and put on the path
+    when it loads (a ``py:`` network's own module, :func:`suite.models.byo.code_paths`).
     """
     import mlflow
     import numpy as np
@@ -685,7 +730,8 @@ def log_and_register_model(model: nn.Module, name: str, tags: dict[str, Any],
     try:
         info = mlflow.pytorch.log_model(
             cpu_model, name=ARTIFACT_PATH, serialization_format="pickle",
-            input_example=example, signature=signature, pip_requirements=_pip_requirements())
+            input_example=example, signature=signature, pip_requirements=_pip_requirements(),
+            code_paths=code_paths or None)
     finally:
         cpu_model.train(was_training)
     return tracking.register_version(run.info.run_id, ARTIFACT_PATH, name, tags,

@@ -20,6 +20,7 @@ from torch import nn
 
 from suite import tracking
 from suite.errors import SuiteError
+from suite.models import byo
 
 STAGE = "zoo"
 SOURCE_DATASET = "imagenet"
@@ -154,6 +155,11 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             raise SuiteError(f"Cannot read weights file {path}: {type(e).__name__}: {e}",
                              "Pass a file written by torch.save (a state_dict or checkpoint).") \
                 from None
+    return _unwrap_state(obj, path)
+
+
+def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside what ``torch.load`` returned (see :func:`_read_checkpoint`)."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
@@ -242,15 +248,21 @@ def _file_fingerprint(path: Path) -> str:
 
 def register_zoo(name: str, *, weights_file: str | Path | None = None,
                  source_top1: float | None = None, registered_name: str | None = None,
-                 study: str = "zoo", weights: str | None = None):
+                 study: str = "zoo", weights: str | None = None,
+                 feature_layer: str | None = None, input_size: int | None = None,
+                 resize: int | None = None, mean: Any = None, std: Any = None,
+                 interpolation: str | None = None):
     """Register an ImageNet checkpoint as a new model version; returns the ModelVersion.
 
     ``name``: a torchvision architecture ("resnet50"), optionally with weights
-    ("resnet50:IMAGENET1K_V1", default: torchvision's DEFAULT), or "timm:<name>".
+    ("resnet50:IMAGENET1K_V1", default: torchvision's DEFAULT), "timm:<name>", or a network of
+    your own, "py:MODULE:FACTORY" (:mod:`suite.models.byo`; needs ``weights_file`` and
+    ``source_top1``; ``feature_layer`` and the preprocessing options ``input_size``,
+    ``resize``, ``mean``, ``std``, ``interpolation`` apply to it only).
     ``weights_file``: a state dict / checkpoint to use instead of the cache or a download (a
     checkpoint of your own: pass ``source_top1`` too). The registered name defaults to
-    ``tv-<arch>`` (``timm-<name>``). Registering the same checkpoint again in the same study
-    returns the existing version.
+    ``tv-<arch>`` (``timm-<name>``, ``py-<factory>``). Registering the same checkpoint again
+    in the same study returns the existing version.
 
     Version tags: architecture, source_dataset=imagenet, source_top1 (percent), weights,
     preprocessing, image_size, input_mean/input_std (the preprocessing's normalisation),
@@ -268,11 +280,20 @@ def register_zoo(name: str, *, weights_file: str | Path | None = None,
         weights_id,
     )
 
-    arch, weights = _parse_name(name, weights)
     weights_file = Path(weights_file).expanduser() if weights_file else None
     if source_top1 is not None and not 0.0 <= source_top1 <= 100.0:
         raise SuiteError(f"source_top1={source_top1} is not a percentage.",
                          "Pass the ImageNet top-1 accuracy in percent, e.g. 76.13.")
+    options = {"input_size": input_size, "resize": resize, "mean": mean, "std": std,
+               "interpolation": interpolation}
+    if name.startswith(byo.PY_PREFIX):
+        return _register_py(name, weights_file, source_top1, registered_name, study,
+                            feature_layer, options)
+    given = [k for k, v in (("feature_layer", feature_layer), *options.items()) if v is not None]
+    if given:
+        raise SuiteError(f"{', '.join(given)} only apply to py:MODULE:FACTORY networks.",
+                         f"{name} takes its preprocessing and classifier from its weights.")
+    arch, weights = _parse_name(name, weights)
     if arch.startswith(TIMM_PREFIX):
         model, wid, top1, transform, size = _load_timm(arch[len(TIMM_PREFIX):], weights_file,
                                                        source_top1)
@@ -337,6 +358,87 @@ def register_zoo(name: str, *, weights_file: str | Path | None = None,
         tags["run_id"] = run.info.run_id
         example = torch.zeros(1, 3, size, size)
         return log_and_register_model(model, reg_name, tags, example)
+
+
+def _register_py(arch: str, weights_file: Path | None, source_top1: float | None,
+                 registered_name: str | None, study: str, feature_layer: str | None,
+                 options: dict[str, Any]):
+    """:func:`register_zoo` for a ``py:`` network: build it with its factory, load the state
+    dict (tensors only), record its penultimate layer and preprocessing, register it."""
+    from suite.models import log_and_register_model, preprocessing_summary
+
+    if weights_file is None or source_top1 is None:
+        raise SuiteError(f"{arch}: a network of your own needs its weights and source accuracy.",
+                         "Pass --weights-file FILE (torch.save(model.state_dict(), FILE)) and "
+                         "--source-top1 PERCENT (its top-1 on the source task).")
+    spec = byo.parse(arch)
+    built = byo.build(arch)
+    layer = feature_layer or built.feature_layer
+    if layer:
+        byo.layer_of(built.model, layer)
+    pre = byo.preprocessing_of(built, **options)
+    reg_name = tracking.safe_name(registered_name or f"py-{spec.factory}")
+    cell = tracking.cell_key(stage=STAGE, study=study, arch=arch,
+                             file=_file_fingerprint(weights_file), source_top1=source_top1,
+                             feature_layer=layer, preprocessing=byo.preprocessing_tags(pre))
+    existing = tracking.find_version_by_cell(reg_name, cell)
+    if existing is not None:
+        return existing
+    model = byo.load_weights(built.model, weights_file, arch).eval()
+    if layer:
+        setattr(model, byo.FEATURE_LAYER_ATTR, layer)
+    transform = byo.make_transform(pre)
+    try:
+        dim = byo.feature_dim(model, pre.input_size)
+    except SuiteError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's forward failed on a test input
+        raise SuiteError(f"{arch} failed on a (1, 3, {pre.input_size}, {pre.input_size}) input: "
+                         f"{type(e).__name__}: {e}",
+                         "Check --input-size (the side the network expects) and "
+                         "--feature-layer.") from None
+    tags = {
+        tracking.VTAG_ARCH: arch,
+        tracking.VTAG_SOURCE: SOURCE_DATASET,
+        tracking.VTAG_SOURCE_TOP1: float(source_top1),
+        "source_top1_origin": "user",
+        "weights": weights_file.name,
+        "weights_file": str(weights_file.resolve()),
+        "factory": spec.name,
+        "factory_kwargs": ",".join(f"{k}={v}" for k, v in spec.kwargs.items()),
+        "feature_layer": layer or "",
+        "feature_dim": dim,
+        "classifier": _classifier_path(model),
+        "preprocessing": preprocessing_summary(transform),
+        **byo.preprocessing_tags(pre),
+        "num_classes": _num_outputs(model),
+        "bn_scale": True,
+        "dropout": _classifier_dropout(model),
+        "aux_head": False,
+        "label_smoothing": "",  # unknown for a checkpoint trained elsewhere
+        tracking.TAG_STUDY: study,
+        tracking.TAG_CELL: cell,
+    }
+    run_tags = tracking.run_tags(study, STAGE, model=reg_name, cell=cell)
+    with tracking.start_run(study, f"zoo {spec.factory} ({weights_file.name})", run_tags) as run:
+        import mlflow
+
+        mlflow.log_params({"architecture": arch, "weights_file": str(weights_file),
+                           "image_size": pre.input_size, "feature_layer": layer or ""})
+        mlflow.log_metric("source_top1", float(source_top1))
+        tags["run_id"] = run.info.run_id
+        example = torch.zeros(1, 3, pre.input_size, pre.input_size)
+        return log_and_register_model(model, reg_name, tags, example,
+                                      code_paths=byo.code_paths(spec))
+
+
+def _classifier_path(model: nn.Module) -> str:
+    from suite.models import head_path
+
+    try:
+        return head_path(model)
+    except SuiteError:
+        return ""
 
 
 def _num_outputs(model: nn.Module) -> int:
