@@ -111,3 +111,25 @@ def offline_hub(tmp_path, monkeypatch):
         return real_load(url, *a, **k)
 
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", cache_only)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, fresh_store):
+    """The ``tiny`` preset study run once per session through the CLI (about a minute); returns
+    its workspace. Tests that read it call ``tracking.configure(workspace=...)`` first and must
+    not write to it."""
+    from suite import tracking
+    from suite.cli import main
+
+    ws = tmp_path_factory.mktemp("tiny-study")
+    saved = {v: os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID",
+                                            "SUITE_WORKSPACE")}
+    fresh_store(ws)
+    with single_thread():
+        assert main(["-w", str(ws), "-q", "study", "run", "tiny"]) == 0
+    tracking._CURRENT = None
+    for var, value in saved.items():
+        os.environ.pop(var, None)
+        if value is not None:
+            os.environ[var] = value
+    return ws
