@@ -4,20 +4,23 @@
 
 - ``pretrain`` per suite-trained model, ``register`` per ImageNet checkpoint (zoo);
 - ``probe`` per (model, dataset), needing the model's cell;
-- ``finetune`` per (model, dataset), needing the model's cell;
-- ``scratch`` per (architecture, dataset), run under the architecture's representative
-  (:func:`suite.study._scratch_models`), needing every model's cell (the representatives are
-  chosen from the registered tags);
+- ``finetune-point`` per (model, dataset, lr, wd), needing the model's cell, and ``finetune``
+  per (model, dataset): the selection over its grid (the parent run: chosen point, test
+  accuracy, learning curves), needing its points;
+- ``scratch-point`` and ``scratch`` likewise per (architecture, dataset), run under the
+  architecture's representative (:func:`suite.study._scratch_models`), needing every model's
+  cell (the representatives are chosen from the registered tags);
 - ``analysis``, needing all of the above.
 
-A fine-tune or scratch cell is the whole grid of its (model, dataset, setting): the parent run
-that trains every grid point, selects on validation and reports test. Grid points are not cells
-of their own (they are minutes each and share one loaded dataset).
+Grid points are cells so that the points of one grid train on different workers at once (the
+paper's grids are 56 points per (model, dataset)). A point whose selection is done counts as
+done, so studies whose grids ran as one cell keep their results.
 
 A cell's **spec** is its stage config (:class:`~suite.config.PretrainConfig`,
 :class:`~suite.config.ProbeConfig`, :class:`~suite.config.FinetuneConfig`); its **key** is the
 stage's own resume key of that spec (:func:`suite.pretrain.pretrain_cell`,
-:func:`suite.probe.probe_cell`, :func:`suite.finetune.finetune_cell`), so that the finished runs
+:func:`suite.probe.probe_cell`, :func:`suite.finetune.point_cell`,
+:func:`suite.finetune.finetune_cell`), so that the finished runs
 and registered versions of studies run before cells existed are found as they are. The key
 functions leave the resources out (device, DataLoader workers, data root, batch size of
 inference); the executor, job count, partition and time limit are not in a spec at all
@@ -52,12 +55,15 @@ class Kind(str, Enum):
     pretrain = "pretrain"
     register = "register"  # an ImageNet checkpoint registered from the zoo
     probe = "probe"
-    finetune = "finetune"
+    finetune_point = "finetune-point"  # one (lr, wd) point of a fine-tune grid
+    finetune = "finetune"  # the selection over a grid: the parent run
+    scratch_point = "scratch-point"
     scratch = "scratch"
     analysis = "analysis"
 
 
 KIND_ORDER = tuple(Kind)
+POINT_KINDS = (Kind.finetune_point, Kind.scratch_point)
 
 
 class State(str, Enum):
@@ -132,7 +138,6 @@ def expand(cfg: StudyConfig, versions: dict[str, object] | None = None,
            done_claims: set[str] | None = None) -> list[Cell]:
     """The study's cells in run order (module docstring)."""
     from suite import data, features
-    from suite.finetune import finetune_cell
     from suite.pretrain import pretrain_cell
     from suite.probe import probe_cell
     from suite.study import (
@@ -165,12 +170,11 @@ def expand(cfg: StudyConfig, versions: dict[str, object] | None = None,
                             spec))
     if Setting.finetune in cfg.settings:
         for m, ds in pairs:
-            mv, key, spec = versions.get(m.name), "", None
-            if mv is not None:
-                spec = make_finetune_config(cfg, mv.name, str(mv.version), ds, Setting.finetune)
-                key = finetune_cell(spec, mv)
-            out.append(Cell(Kind.finetune, f"finetune {m.name} on {ds}", key,
-                            (_model_label(m),), spec))
+            mv = versions.get(m.name)
+            spec = (make_finetune_config(cfg, mv.name, str(mv.version), ds, Setting.finetune)
+                    if mv is not None else None)
+            out += _grid_cells(cfg, Setting.finetune, f"{m.name} on {ds}", ds, spec, mv,
+                               (_model_label(m),))
     if Setting.scratch in cfg.settings:
         all_models = tuple(_model_label(m) for m in cfg.models)
         if len(versions) == len(cfg.models):
@@ -183,20 +187,41 @@ def expand(cfg: StudyConfig, versions: dict[str, object] | None = None,
                 for ds in cfg.datasets:
                     spec = make_finetune_config(cfg, mv.name, str(mv.version), ds,
                                                 Setting.scratch)
-                    out.append(Cell(Kind.scratch, f"scratch {m.name} on {ds}",
-                                    finetune_cell(spec, mv), all_models, spec))
-        else:  # representatives unknown yet: one placeholder per dataset
+                    out += _grid_cells(cfg, Setting.scratch, f"{m.name} on {ds}", ds, spec, mv,
+                                       all_models)
+        else:  # representatives unknown yet: one placeholder grid per dataset
             for ds in cfg.datasets:
-                out.append(Cell(Kind.scratch, f"scratch on {ds}", "", all_models))
+                out += _grid_cells(cfg, Setting.scratch, f"on {ds}", ds, None, None, all_models)
     trained = tuple(c.label for c in out)
     keys = [c.key for c in out]
     akey = ""
-    if all(keys):
+    if all(keys):  # the points are implied by their selections' keys
         akey = tracking.cell_key(stage="analysis", study=cfg.name, n_resamples=cfg.n_resamples,
-                                 seed=cfg.seed, cells=sorted(keys))
+                                 seed=cfg.seed, cells=sorted(c.key for c in out
+                                                             if c.kind not in POINT_KINDS))
     out.append(Cell(Kind.analysis, "analysis", akey, trained,
                     AnalysisConfig(study=cfg.name, n_resamples=cfg.n_resamples, seed=cfg.seed)))
     return out
+
+
+def _grid_cells(cfg: StudyConfig, setting: Setting, what: str, dataset: str, spec, mv,
+                deps: tuple[str, ...]) -> list[Cell]:
+    """The point cells of one grid and the selection cell that needs them (keys empty while the
+    model version is unknown)."""
+    from suite.finetune import finetune_cell, grid_points, point_cell
+
+    grid = cfg.finetune if setting is Setting.finetune else cfg.scratch
+    kind = Kind.finetune if setting is Setting.finetune else Kind.scratch
+    point_kind = Kind.finetune_point if setting is Setting.finetune else Kind.scratch_point
+    specs = grid_points(spec) if spec is not None else [None] * (len(grid.lrs)
+                                                                 * len(grid.weight_decays))
+    values = itertools.product(grid.lrs, grid.weight_decays)
+    points = [Cell(point_kind, f"{setting.value} {what} lr={lr:g} wd={wd:g}",
+                   point_cell(p, mv) if p is not None else "", deps, p)
+              for p, (lr, wd) in zip(specs, values)]
+    sel = Cell(kind, f"{setting.value} {what}", finetune_cell(spec, mv) if spec else "",
+               tuple(c.label for c in points), spec)
+    return [*points, sel]
 
 
 def states(cfg: StudyConfig, since: float | None = None) -> list[CellState]:
@@ -219,13 +244,19 @@ def states(cfg: StudyConfig, since: float | None = None) -> list[CellState]:
     from suite.pretrain import registered_name_of
 
     now = time.time()
+    done = {c.label for c in plan
+            if c.key and _is_done(c, finished_runs, done_claims, registered_name_of)}
+    # A grid point is not needed once its selection is done (a study whose grids ran as one
+    # cell each, before points were cells of their own, has no point runs with their keys).
+    done |= {d for c in plan if c.kind in (Kind.finetune, Kind.scratch) and c.label in done
+             for d in c.deps}
     by_label: dict[str, CellState] = {}
     out: list[CellState] = []
     for cell in plan:
         st = CellState(cell, State.pending, latest.get(cell.key))
         if not cell.key:
             st.state = State.blocked
-        elif _is_done(cell, finished_runs, done_claims, registered_name_of):
+        elif cell.label in done:
             st.state = State.done
             # A worker killed between its stage's end and its claim's leaves a RUNNING claim
             # on a done cell that nobody would take over: close it here.

@@ -1,20 +1,26 @@
 """Stage ``finetune``: fine-tune a registered model (or train its architecture from scratch) on a
 target dataset over a learning-rate × weight-decay grid.
 
+Each grid point is a cell of its own (:func:`run_point`, key :func:`point_cell`), and the
+selection over them is another (:func:`run_finetune` / :func:`select_and_log`, key
+:func:`finetune_cell`), so that a study can train the points of one grid on different workers.
 :func:`run_finetune` reads the registered version ``cfg.model_name``/``cfg.model_version`` (its
 weights for ``setting=finetune``, only its architecture and input tags for ``setting=scratch``)
-and the target's ``train``, ``val`` and ``test`` splits, and writes, in the study's experiment:
+and the target's ``train``, ``val`` and ``test`` splits, trains the points not yet FINISHED, and
+writes, in the study's experiment:
 
-- a parent run (tags ``suite.stage=finetune``, ``suite.setting``, ``suite.model``,
-  ``suite.model_version``, ``suite.dataset``, ``suite.cell``, ``suite.selected_run``) with the
-  config and the target recipe (below) as params and metrics ``val_accuracy``,
-  ``test_accuracy`` (percent, the dataset's metric), ``selected_lr``, ``selected_wd`` and the
-  histories ``curve_val_accuracy`` / ``curve_test_accuracy`` of the selected point (step =
-  optimisation step, step 0 = before training);
-- one nested child run per grid point (tag ``suite.stage=finetune-point``) with params ``lr``,
-  ``weight_decay`` and the target recipe, metrics ``val_accuracy``, ``test_accuracy``,
-  ``train_loss`` and the same two curves. No model artifacts are logged (they would dominate
-  the cost of a small study).
+- one run per grid point (tag ``suite.stage=finetune-point``, its own ``suite.cell``) with the
+  point's config, ``lr``, ``weight_decay`` and the target recipe (below) as params, metrics
+  ``val_accuracy``, ``test_accuracy`` (percent, the dataset's metric), ``train_loss`` and the
+  histories ``curve_val_accuracy`` / ``curve_test_accuracy`` (step = optimisation step, step
+  0 = before training);
+- the parent run (tags ``suite.stage=finetune``, ``suite.setting``, ``suite.model``,
+  ``suite.model_version``, ``suite.dataset``, ``suite.cell``, ``suite.selected_run``), opened
+  once every point is FINISHED, with the config and recipe as params and metrics
+  ``val_accuracy``, ``test_accuracy``, ``selected_lr``, ``selected_wd`` and the two curves of the
+  selected point; it then tags every point with ``mlflow.parentRunId``, so the MLflow UI shows
+  the grid nested inside it. No model artifacts are logged (they would dominate the cost of a
+  small study).
 
 Target recipe: one for every network and every variant, so that the four training choices of
 the paper (no BN γ, label smoothing, dropout, auxiliary head) are compared as pretraining
@@ -49,8 +55,8 @@ cost another full training run per cell).
 
 Resume: a FINISHED parent run with the same cell (setting, model name and version for
 fine-tuning or the architecture spec for scratch, dataset, grid, steps, batch size, seed, target
-recipe) is returned as is (``reused=True``). A failure anywhere marks the point and the parent
-FAILED, and a re-run starts the cell over.
+recipe) is returned as is (``reused=True``), and so is each FINISHED point. A failure in a point
+marks that point's run FAILED; a re-run trains only the points not FINISHED.
 """
 
 from __future__ import annotations
@@ -178,71 +184,168 @@ def scratch_representative(tag_sets: list[dict]) -> int:
     return max(idx, key=lambda i: (top1(i), -i))
 
 
-def finetune_cell(cfg: FinetuneConfig, mv) -> str:
-    """The resume key of a fine-tune/scratch cell for a resolved model version ``mv``:
-    fine-tuning is keyed by the model's name and version, scratch by :func:`scratch_spec`."""
+def _cell_parts(cfg: FinetuneConfig, mv) -> dict[str, object]:
     setting = Setting(cfg.setting)
-    parts = {"stage": "finetune", "setting": setting.value, "dataset": cfg.dataset,
-             "lrs": list(cfg.lrs), "weight_decays": list(cfg.weight_decays),
-             "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
-             "skip_corrupt": cfg.skip_corrupt, "target": target_recipe(setting, mv)}
+    parts: dict[str, object] = {
+        "setting": setting.value, "dataset": cfg.dataset, "steps": cfg.steps,
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "skip_corrupt": cfg.skip_corrupt,
+        "target": target_recipe(setting, mv)}
     if setting is Setting.scratch:
-        return tracking.cell_key(**parts, network=scratch_spec(mv.tags or {}))
-    return tracking.cell_key(**parts, model=cfg.model_name, model_version=str(mv.version))
+        parts["network"] = scratch_spec(mv.tags or {})
+    else:
+        parts.update(model=cfg.model_name, model_version=str(mv.version))
+    return parts
+
+
+def finetune_cell(cfg: FinetuneConfig, mv) -> str:
+    """The resume key of a fine-tune/scratch cell (the selection over the grid, the parent run)
+    for a resolved model version ``mv``: fine-tuning is keyed by the model's name and version,
+    scratch by :func:`scratch_spec`."""
+    return tracking.cell_key(stage="finetune", lrs=list(cfg.lrs),
+                             weight_decays=list(cfg.weight_decays), **_cell_parts(cfg, mv))
+
+
+def grid_points(cfg: FinetuneConfig) -> list[FinetuneConfig]:
+    """The grid of ``cfg`` as one config per (lr, wd) point, in training order."""
+    from suite.config import replace
+
+    return [replace(cfg, lrs=(lr,), weight_decays=(wd,))
+            for lr, wd in itertools.product(cfg.lrs, cfg.weight_decays)]
+
+
+def point_cell(cfg: FinetuneConfig, mv) -> str:
+    """The resume key of one grid point (a config of :func:`grid_points`): what its cell key
+    says of the selection, with the point's lr and weight decay instead of the grid."""
+    (lr,), (wd,) = cfg.lrs, cfg.weight_decays
+    return tracking.cell_key(stage=POINT_STAGE, lr=lr, weight_decay=wd, **_cell_parts(cfg, mv))
 
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Train every (lr, wd) point of the grid, select on validation, report test."""
-    import mlflow
-
+    """Train every (lr, wd) point of the grid not already FINISHED (:func:`run_point`), select
+    on validation, report test in the parent run, and nest the points under it."""
     setting = Setting(cfg.setting)
     _check(cfg, setting)
     mv = tracking.get_version(cfg.model_name, cfg.model_version)
-    version = str(mv.version)
     cell = finetune_cell(cfg, mv)
     done = tracking.find_finished_run(cfg.study, cell)
     if done is not None:
         m = done.data.metrics
         return FinetuneResult(done.info.run_id, m["val_accuracy"], m["test_accuracy"],
                               m["selected_lr"], m["selected_wd"], reused=True)
+    # Inside an MLflow Project the launched run is the parent, opened after the points: they
+    # must not resume it (tracking.start_run adopts MLFLOW_RUN_ID), so it is set aside.
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)
+    points_cfg = grid_points(cfg)
+    found = {i: _finished_point(p, mv) for i, p in enumerate(points_cfg)}
+    todo = [i for i, pt in found.items() if pt is None]
+    shared = _Shared(cfg, setting, mv) if todo else None
+    with make_progress() as bar:
+        task = bar.add_task(_run_name(cfg, mv), total=len(todo) * cfg.steps)
+        for i in todo:
+            found[i] = run_point(points_cfg[i], mv=mv, shared=shared,
+                                 on_step=lambda: bar.advance(task))
+    points = [found[i] for i in range(len(points_cfg))]
+    if launched:
+        os.environ["MLFLOW_RUN_ID"] = launched
+    return select_and_log(cfg, mv, cell, points, shared)
 
-    data = _load_data(cfg, mv)
-    device = resolve_device(cfg.device)
-    base = None
-    if setting is Setting.finetune:
-        from suite.models import model_from_version
 
-        base = model_from_version(mv)  # loaded once, copied per grid point
+def run_point(cfg: FinetuneConfig, mv=None, shared: _Shared | None = None,
+              on_step=None) -> _Point:
+    """Train one grid point (``cfg`` has one lr and one weight decay) in a run of its own
+    (tag ``suite.stage=finetune-point``, ``suite.cell`` = :func:`point_cell`), unless a FINISHED
+    run with that key exists, which is returned as it is. Inside an MLflow Project (the
+    ``point`` entry point) the launched run is the point's run."""
+    setting = Setting(cfg.setting)
+    _check(cfg, setting)
+    if len(cfg.lrs) != 1 or len(cfg.weight_decays) != 1:
+        raise SuiteError(f"A grid point needs one learning rate and one weight decay; got "
+                         f"lrs={list(cfg.lrs)}, weight_decays={list(cfg.weight_decays)}.",
+                         "Give one value of each, or run the whole grid (without --point).")
+    mv = mv if mv is not None else tracking.get_version(cfg.model_name, cfg.model_version)
+    done = _finished_point(cfg, mv)
+    if done is not None:
+        return done
+    shared = shared if shared is not None else _Shared(cfg, setting, mv)
+    (lr,), (wd,) = cfg.lrs, cfg.weight_decays
+    version = str(mv.version)
+    tags = tracking.run_tags(cfg.study, POINT_STAGE, model=cfg.model_name, model_version=version,
+                             dataset=cfg.dataset, setting=setting.value,
+                             cell=point_cell(cfg, mv))
+    name = f"{_run_name(cfg, mv)} lr={lr:g} wd={wd:g}"
+    with tracking.start_run(cfg.study, name, tags,
+                            log_system_metrics=tracking.system_metrics_available()) as run:
+        tracking.log_config(cfg)
+        splits = {"train": shared.data.train, "val": shared.data.val_loader.dataset,
+                  "test": shared.data.test_loader.dataset}
+        log_skipped(list(splits.values()), cfg.dataset)
+        tracking.log_dataset_inputs(cfg.dataset, tuple(splits), root=cfg.data_root,
+                                    seed=cfg.seed, loaded=splits)
+        return _train_point(cfg, setting, mv, shared.base, shared.data, lr, wd, shared.device,
+                            run.info.run_id, on_step or (lambda: None), shared.recipe)
 
+
+def _run_name(cfg: FinetuneConfig, mv) -> str:
+    """``finetune cnn-w4 on synth-shapes`` (the study prefix of the registered name dropped)."""
+    return (f"{Setting(cfg.setting).value} {tracking.model_label(cfg.model_name, cfg.study)}"
+            f"/v{mv.version} on {cfg.dataset}")
+
+
+class _Shared:
+    """What every grid point of one (model, dataset, setting) loads: the data, the device, the
+    checkpoint (fine-tuning; copied per point) and the target recipe."""
+
+    def __init__(self, cfg: FinetuneConfig, setting: Setting, mv) -> None:
+        self.data = _load_data(cfg, mv)
+        self.device = resolve_device(cfg.device)
+        self.recipe = target_recipe(setting, mv)
+        self.base = None
+        if setting is Setting.finetune:
+            from suite.models import model_from_version
+
+            self.base = model_from_version(mv)
+
+
+def _finished_point(cfg: FinetuneConfig, mv) -> _Point | None:
+    run = tracking.find_finished_run(cfg.study, point_cell(cfg, mv))
+    if run is None:
+        return None
+    client, rid = tracking.client(), run.info.run_id
+
+    def curve(name: str) -> list[tuple[int, float]]:
+        hist = sorted(client.get_metric_history(rid, name), key=lambda m: (m.step, m.timestamp))
+        return [(int(m.step), float(m.value)) for m in hist]
+
+    m = run.data.metrics
+    (lr,), (wd,) = cfg.lrs, cfg.weight_decays
+    return _Point(lr, wd, rid, m["val_accuracy"], m["test_accuracy"], curve(CURVE_VAL),
+                  curve(CURVE_TEST))
+
+
+def select_and_log(cfg: FinetuneConfig, mv, cell: str, points: list[_Point],
+                   shared: _Shared | None) -> FinetuneResult:
+    """The selection (the parent run): pick the point (:func:`select_point`), log the config,
+    recipe, chosen point, its test score and curves, and nest the points under the parent
+    (``mlflow.parentRunId``), so the UI shows the grid inside it."""
+    import mlflow
+
+    setting = Setting(cfg.setting)
+    version = str(mv.version)
     tags = tracking.run_tags(cfg.study, "finetune", model=cfg.model_name, model_version=version,
                              dataset=cfg.dataset, setting=setting.value, cell=cell)
-    point_tags = tracking.run_tags(cfg.study, POINT_STAGE, model=cfg.model_name,
-                                   model_version=version, dataset=cfg.dataset,
-                                   setting=setting.value)
-    grid = list(itertools.product(cfg.lrs, cfg.weight_decays))
-    recipe = target_recipe(setting, mv)
-    run_name = f"{setting.value} {cfg.model_name}/v{version} on {cfg.dataset}"
-    with tracking.start_run(cfg.study, run_name, tags) as parent:
-        # Inside an MLflow Project the parent has just resumed the launched run MLFLOW_RUN_ID.
-        # mlflow.start_run resumes that variable whenever no run_id is passed, nested runs
-        # included, so leaving it set would make every grid point re-open the parent.
-        if os.environ.get("MLFLOW_RUN_ID") == parent.info.run_id:
-            del os.environ["MLFLOW_RUN_ID"]
+    best = select_point(points)
+    with tracking.start_run(cfg.study, _run_name(cfg, mv), tags) as parent:
         tracking.log_config(cfg)
-        mlflow.log_params(recipe)
-        log_skipped([data.train, data.val_loader.dataset, data.test_loader.dataset],
-                    cfg.dataset)
-        points = []
-        with make_progress() as bar:
-            task = bar.add_task(run_name, total=len(grid) * cfg.steps)
-            for lr, wd in grid:
-                with tracking.start_run(cfg.study, f"lr={lr:g} wd={wd:g}", point_tags,
-                                        nested=True) as child:
-                    points.append(_train_point(cfg, setting, mv, base, data, lr, wd, device,
-                                               child.info.run_id, lambda: bar.advance(task),
-                                               recipe))
-        best = select_point(points)
+        tracking.log_dataset_inputs(cfg.dataset, ("train", "val", "test"), root=cfg.data_root,
+                                    seed=cfg.seed)
+        mlflow.log_params(target_recipe(setting, mv))
+        if shared is not None:
+            log_skipped([shared.data.train, shared.data.val_loader.dataset,
+                         shared.data.test_loader.dataset], cfg.dataset)
         _log_selected(parent.info.run_id, best, cfg.steps)
+        client = tracking.client()
+        for p in points:
+            client.set_tag(p.run_id, tracking.TAG_PARENT_RUN, parent.info.run_id)
     return FinetuneResult(parent.info.run_id, best.val_accuracy, best.test_accuracy, best.lr,
                           best.wd, reused=False)
 

@@ -31,7 +31,8 @@ def projects_dir() -> Path:
     )
 
 
-def launch_project(stage: str, params: dict[str, object], study: str) -> str:
+def launch_project(stage: str, params: dict[str, object], study: str,
+                   entry_point: str = "main") -> str:
     """Run ``projects/<stage>`` synchronously in the study's experiment; return its run id.
 
     ``env_manager="local"`` runs ``python`` from ``PATH``, not ``sys.executable``, so the running
@@ -46,7 +47,7 @@ def launch_project(stage: str, params: dict[str, object], study: str) -> str:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + old_path
     try:
         submitted = mlflow.projects.run(
-            uri, entry_point="main", parameters={k: _param(v) for k, v in params.items()},
+            uri, entry_point=entry_point, parameters={k: _param(v) for k, v in params.items()},
             experiment_id=exp, env_manager="local", synchronous=True,
         )
     except ExecutionException as e:
@@ -100,6 +101,12 @@ def finetune_params(cfg: FinetuneConfig) -> dict[str, object]:
             "eval_every": cfg.eval_every, "seed": cfg.seed, "data_root": cfg.data_root,
             "device": cfg.device, "num_workers": cfg.num_workers,
             "skip_corrupt_flag": _flag("skip-corrupt", cfg.skip_corrupt)}
+
+
+def launch_point(cfg: FinetuneConfig) -> str:
+    """Train one grid point as the ``point`` entry point of projects/finetune (the launched run
+    is the point's run); returns its run id."""
+    return launch_project("finetune", finetune_params(cfg), cfg.study, entry_point="point")
 
 
 def launch_pretrain(cfg: PretrainConfig) -> tuple[str, str, bool]:

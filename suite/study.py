@@ -124,6 +124,22 @@ def _finetune(fcfg: FinetuneConfig, launcher: Launcher) -> bool:
     return finetune.run_finetune(fcfg).reused
 
 
+def _point(fcfg: FinetuneConfig, launcher: Launcher) -> bool:
+    """Train (or reuse) one grid point; returns reused."""
+    from suite import finetune
+
+    mv = tracking.get_version(fcfg.model_name, fcfg.model_version)
+    if tracking.find_finished_run(fcfg.study, finetune.point_cell(fcfg, mv)) is not None:
+        return True
+    if launcher == Launcher.project:
+        from suite.launch import launch_point
+
+        launch_point(fcfg)
+    else:
+        finetune.run_point(fcfg, mv=mv)
+    return False
+
+
 def _scratch_group_guess(model: ModelConfig) -> tuple:
     """Models that surely share a scratch network, from their configs alone (for the cell count
     announced before pretraining; :func:`_scratch_models` decides from the registered tags)."""
@@ -163,6 +179,8 @@ def _execute(cfg: StudyConfig, cell) -> tuple[bool, object]:
 
         res = run_probe(cell.spec)
         return res.reused, res
+    if cell.kind in (Kind.finetune_point, Kind.scratch_point):
+        return _point(cell.spec, cfg.launcher), None
     if cell.kind in (Kind.finetune, Kind.scratch):
         return _finetune(cell.spec, cfg.launcher), None
     from suite.analysis import run_analysis
@@ -277,9 +295,11 @@ def run_study(cfg: StudyConfig, analysis: bool = True) -> StudyResult:
     trained = [s for s in (Setting.finetune, Setting.scratch) if s in cfg.settings]
     pairs = len(cfg.models) * len(cfg.datasets)
     n_scratch = len({_scratch_group_guess(m) for m in cfg.models}) * len(cfg.datasets)
+    grid = {Setting.finetune: 1 + len(cfg.finetune.lrs) * len(cfg.finetune.weight_decays),
+            Setting.scratch: 1 + len(cfg.scratch.lrs) * len(cfg.scratch.weight_decays)}
     n_cells = (len(cfg.models) + (pairs if Setting.logistic in cfg.settings else 0)
-               + (pairs if Setting.finetune in trained else 0)
-               + (n_scratch if Setting.scratch in trained else 0))
+               + (pairs * grid[Setting.finetune] if Setting.finetune in trained else 0)
+               + (n_scratch * grid[Setting.scratch] if Setting.scratch in trained else 0))
     where = cfg.executor.value + (f", {cfg.jobs} jobs" if cfg.executor.value == "local" else "")
     console.print(f"study [bold]{cfg.name}[/]: {len(cfg.models)} models × "
                   f"{len(cfg.datasets)} datasets × {len(cfg.settings)} settings "

@@ -1,4 +1,5 @@
-"""suite.finetune: parent + one child per grid point, curves, selection, resume, failures."""
+"""suite.finetune: one run per grid point nested under the selection's parent, curves,
+selection, resume (per point), failures."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from suite import tracking
 from suite.config import FinetuneConfig, ModelConfig, PretrainConfig, Setting
 from suite.data import DatasetInfo, TensorImageDataset
 from suite.errors import SuiteError
-from suite.finetune import finetune_cell, run_finetune
+from suite.finetune import finetune_cell, grid_points, point_cell, run_finetune, run_point
 from suite.pretrain import run_pretrain
 
 SIZES = {"train": 12, "val": 5, "test": 5}  # images per class
@@ -101,7 +102,8 @@ def test_grid_logs_parent_children_curves_and_resumes(tiny, setting):
         assert c.info.status == "FINISHED"
         assert c.data.tags["suite.stage"] == "finetune-point"
         assert c.data.tags["suite.setting"] == setting.value
-        assert "suite.cell" not in c.data.tags  # only the parent is found by resume
+        point = next(p for p in grid_points(cfg) if p.lrs[0] == float(c.data.params["lr"]))
+        assert c.data.tags["suite.cell"] == point_cell(point, tracking.get_version("t-tiny", "1"))
         curve_v = tracking.metric_history(c.info.run_id, "curve_val_accuracy")
         curve_t = tracking.metric_history(c.info.run_id, "curve_test_accuracy")
         assert [s for s, _ in curve_v] == [0, 5, 10, 12] == [s for s, _ in curve_t]
@@ -179,17 +181,33 @@ def test_failing_point_marks_runs_failed_and_rerun_completes(tiny, monkeypatch):
     cfg = _cfg()
     with pytest.raises(RuntimeError, match="out of memory"):
         run_finetune(cfg)
-    (parent,) = _runs(**{"suite.stage": "finetune"})
-    assert parent.info.status == "FAILED"
-    kids = _runs(**{"mlflow.parentRunId": parent.info.run_id})
-    assert sorted(c.info.status for c in kids) == ["FAILED", "FINISHED"]
+    assert _runs(**{"suite.stage": "finetune"}) == []  # the selection never started
+    points = _runs(**{"suite.stage": "finetune-point"})
+    assert sorted(c.info.status for c in points) == ["FAILED", "FINISHED"]
     assert tracking.find_finished_run(
         "t", finetune_cell(cfg, tracking.get_version("t-tiny", "1"))) is None
 
-    res = run_finetune(cfg)
-    assert not res.reused and res.run_id != parent.info.run_id
+    res = run_finetune(cfg)  # trains only the failed point
+    assert len(calls) == 3
+    assert not res.reused
     assert tracking.client().get_run(res.run_id).info.status == "FINISHED"
+    kids = _runs(**{"mlflow.parentRunId": res.run_id})
+    assert sorted(c.info.status for c in kids) == ["FINISHED", "FINISHED"]
     assert run_finetune(cfg).run_id == res.run_id
+
+
+def test_points_run_apart_then_the_selection_finds_them(tiny):
+    """What a study's point cells do: each point alone (on any worker), then the selection
+    trains nothing and nests them."""
+    cfg = _cfg()
+    pts = [run_point(p) for p in grid_points(cfg)]
+    assert run_point(grid_points(cfg)[0]).run_id == pts[0].run_id  # reused
+    res = run_finetune(cfg)
+    kids = _runs(**{"mlflow.parentRunId": res.run_id})
+    assert sorted(c.info.run_id for c in kids) == sorted(p.run_id for p in pts)
+    assert len(_runs(**{"suite.stage": "finetune-point"})) == 2
+    with pytest.raises(SuiteError, match="one learning rate"):
+        run_point(cfg)
 
 
 def test_inside_an_mlflow_project_the_launched_run_is_the_parent(tiny, monkeypatch):

@@ -74,7 +74,8 @@ def test_study_runs_end_to_end_and_resumes(store, tmp_path, capsys, monkeypatch)
 
     # A third run reuses everything: no new runs, no duplicate registrations.
     assert main(["-w", ws, "study", "run", str(path), "--skip-analysis"]) == 0
-    assert "0 cells run, 19 reused" in capsys.readouterr().err
+    # 3 pretrain + 6 probe + 6 fine-tune points and selections + 4 scratch points and selections
+    assert "0 cells run, 29 reused" in capsys.readouterr().err
     assert len(tracking.study_versions("e2e")) == 3
     assert len(_runs("finetune")) == 10
 
@@ -108,14 +109,19 @@ def test_scratch_runs_once_per_architecture(store, monkeypatch):
         launched.append((fcfg.setting, fcfg.model_name, fcfg.dataset))
         return False  # run, not reused
 
+    points = []
     monkeypatch.setattr(study_mod, "_pretrain", pretrain)
     monkeypatch.setattr(study_mod, "_finetune", finetune)
+    monkeypatch.setattr(study_mod, "_point", lambda fcfg, launcher: points.append(fcfg))
     res = study_mod.run_study(cfg, analysis=False)
     scratch = [(m, d) for s, m, d in launched if s is Setting.scratch]
     assert scratch == [("s-w4", "synth-shapes"), ("s-w4", "synth-shift"),
                        ("s-w6", "synth-shapes"), ("s-w6", "synth-shift")]
     assert sum(s is Setting.finetune for s, _, _ in launched) == 5 * 2
-    assert res.cells_run == 5 + 10 + 4
+    n_ft, n_sc = (len(g.lrs) * len(g.weight_decays) for g in (cfg.finetune, cfg.scratch))
+    assert len(points) == 10 * n_ft + 4 * n_sc
+    assert all(len(p.lrs) == len(p.weight_decays) == 1 for p in points)
+    assert res.cells_run == 5 + 10 * (1 + n_ft) + 4 * (1 + n_sc)
 
 
 @pytest.mark.slow
