@@ -2,7 +2,9 @@
 
 Before a worker runs a cell it **claims** it in MLflow, the only state all workers share:
 
-- it creates a *claim run* in the study's experiment, RUNNING, tagged ``suite.stage=claim``,
+- it creates a *claim run* in the study's experiment (or adopts the one its SLURM job was
+  launched under through MLflow Projects, :mod:`suite.executors.slurm`), RUNNING, tagged
+  ``suite.stage=claim``,
   ``suite.claim_cell`` (the cell's ``suite.cell`` key), ``suite.claim`` (its owner,
   ``host:pid:uuid``), ``suite.heartbeat`` (Unix seconds, refreshed by a daemon thread every
   :data:`HEARTBEAT_S` seconds) and, inside a SLURM job, ``suite.slurm_job``;
@@ -12,7 +14,8 @@ Before a worker runs a cell it **claims** it in MLflow, the only state all worke
   (:class:`ClaimLost`);
 - a claim is *stale* when its heartbeat is older than the timeout (:data:`STALE_S`, env
   ``SUITE_CLAIM_TIMEOUT_S``), when its owner ran on this host and its pid is gone, or when its
-  SLURM job is no longer queued or running (``squeue``). A stale claim is marked KILLED, with
+  SLURM job is no longer queued or running (``squeue``); a claim made at submission (owner
+  ``queued``) is live while its job waits in the queue. A stale claim is marked KILLED, with
   the stage runs it left RUNNING (runs tagged with the cell and their nested children), and the
   cell is taken over;
 - the winner runs the cell; its claim ends FINISHED, or FAILED with a one-line ``suite.error``
@@ -56,6 +59,7 @@ TAG_HEARTBEAT = "suite.heartbeat"
 TAG_SLURM_JOB = "suite.slurm_job"
 TAG_ERROR = "suite.error"
 TAG_LOST = "suite.claim_lost"
+QUEUED = "queued"  # the owner of a claim made at submission, before its job started
 HEARTBEAT_S = 5.0  # how often a holder refreshes its heartbeat
 STALE_S = 60.0  # a heartbeat older than this marks the claim stale (12 missed beats)
 ENV_TIMEOUT = "SUITE_CLAIM_TIMEOUT_S"
@@ -165,8 +169,12 @@ def stale_reason(c: ClaimInfo, now: float | None = None) -> str:
     pid = rest.partition(":")[0]
     if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
         return f"its process {pid} on {host} is gone"
-    if c.slurm_job and slurm_job_alive(c.slurm_job) is False:
-        return f"its SLURM job {c.slurm_job} is gone"
+    if c.slurm_job:
+        alive = slurm_job_alive(c.slurm_job)
+        if alive is False:
+            return f"its SLURM job {c.slurm_job} is gone"
+        if alive and c.owner == QUEUED:
+            return ""  # submitted, waiting in the queue: no heartbeat yet
     age = now - (c.heartbeat or c.start_time / 1000.0)
     if age > stale_after():
         return f"no heartbeat for {age:.0f} s"
@@ -217,6 +225,37 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
+def claim_tags(study: str, cell: str, kind: str = "", label: str = "",
+               owner: str = QUEUED) -> dict[str, str]:
+    """The tags of a claim run; ``owner=QUEUED`` for a claim made at submission (a SLURM job
+    launched through MLflow Projects: the launched run is the claim, adopted by the worker)."""
+    tags = {tracking.TAG_STUDY: study, tracking.TAG_STAGE: STAGE, TAG_CLAIM_CELL: cell,
+            TAG_CLAIM_KIND: kind, TAG_CLAIM_LABEL: label, TAG_OWNER: owner}
+    if owner != QUEUED:
+        tags[TAG_HEARTBEAT] = f"{time.time():.3f}"
+    return tags
+
+
+def _adopt_launched(cl, cell: str) -> str | None:
+    """The run MLflow Projects launched this worker under (``MLFLOW_RUN_ID``), when it is a
+    RUNNING claim of ``cell`` made at submission; the variable goes either way it is a claim,
+    so that the stage's own runs do not resume it."""
+    rid = os.environ.get("MLFLOW_RUN_ID")
+    if not rid:
+        return None
+    try:
+        run = cl.get_run(rid)
+    except Exception:
+        return None
+    t = run.data.tags
+    if t.get(tracking.TAG_STAGE) != STAGE:
+        return None  # a stage's launched run (projects/pretrain, projects/finetune)
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    if t.get(TAG_CLAIM_CELL) != cell or run.info.status != "RUNNING":
+        return None  # killed as stale while queued, or a requeued job's old claim: claim anew
+    return rid
+
+
 @contextlib.contextmanager
 def claim(study: str, cell: str, *, kind: str = "", label: str = "") -> Iterator[ClaimInfo]:
     """Hold ``cell`` for the body (module docstring); raises :class:`ClaimLost` when another
@@ -224,14 +263,15 @@ def claim(study: str, cell: str, *, kind: str = "", label: str = "") -> Iterator
     ``suite.error``) if it raises, KILLED on Ctrl-C."""
     cl = tracking.client()
     exp = tracking.experiment_id(study)
-    owner = make_owner()
-    tags = {tracking.TAG_STUDY: study, tracking.TAG_STAGE: STAGE, TAG_CLAIM_CELL: cell,
-            TAG_CLAIM_KIND: kind, TAG_CLAIM_LABEL: label, TAG_OWNER: owner,
-            TAG_HEARTBEAT: f"{time.time():.3f}"}
+    tags = claim_tags(study, cell, kind, label, owner=make_owner())
     if os.environ.get("SLURM_JOB_ID"):
         tags[TAG_SLURM_JOB] = os.environ["SLURM_JOB_ID"]
-    run = cl.create_run(exp, run_name=f"claim {label or cell}", tags=tags)
-    mine = run.info.run_id
+    mine = _adopt_launched(cl, cell)
+    if mine is not None:
+        for k, v in tags.items():
+            cl.set_tag(mine, k, v)
+    else:
+        mine = cl.create_run(exp, run_name=f"claim {label or cell}", tags=tags).info.run_id
     beat = _Heartbeat(mine)
     beat.start()
     status = "FAILED"

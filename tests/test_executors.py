@@ -15,7 +15,8 @@ import pytest
 from suite import claims, tracking
 from suite.cli import main
 
-# 2 models x 1 target, every setting: 2 pretrain + 2 probe + 2 finetune + 2 scratch cells.
+# 2 models x 1 target, every setting: 2 pretrain + 2 probe + 2 finetune points + 2 finetune
+# selections + 2 scratch points + 2 scratch selections (one-point grids).
 STUDY = """
 name: ex
 source: synth-source
@@ -29,7 +30,7 @@ finetune: {lrs: [0.05], weight_decays: [0.0001], steps: 4, batch_size: 32, eval_
 scratch:  {lrs: [0.1], weight_decays: [0.0001], steps: 4, batch_size: 32, eval_every: 2}
 n_resamples: 50
 """
-N_CELLS = 8
+N_CELLS = 12
 
 
 def results(study: str = "ex") -> dict[str, dict[str, float]]:
@@ -91,7 +92,8 @@ def test_local_jobs_2_matches_inprocess(store, fresh_store, tmp_path, study_file
 
     report = json.loads(capsys.readouterr().out)
     assert {k: v["done"] for k, v in report["stages"].items()} == {
-        "pretrain": 2, "probe": 2, "finetune": 2, "scratch": 2, "analysis": 0}
+        "pretrain": 2, "probe": 2, "finetune-point": 2, "finetune": 2, "scratch-point": 2,
+        "scratch": 2, "analysis": 0}
     assert [c["label"] for c in report["cells"]] == ["analysis"]
 
 

@@ -57,8 +57,59 @@ def test_slurm_study_matches_inprocess(tmp_path, fresh_store, suite_server, monk
     from suite import claims
 
     done = [c for c in claims.list_claims("ex") if c.status == "FINISHED"]
-    assert len(done) == 8 and all(c.slurm_job for c in done)
+    assert len(done) == 12 and all(c.slurm_job for c in done)
+    # Each claim is the run MLflow Projects launched on the suite-slurm backend.
+    for c in done:
+        run = tracking.client().get_run(c.run_id)
+        assert run.data.tags["mlflow.project.backend"] == "suite-slurm"
+        assert run.data.tags["mlflow.project.entryPoint"] == "main"
+        assert run.data.params["cell"] == c.cell
+        assert c.owner != claims.QUEUED  # adopted by its worker
     assert list((ws / "logs" / "ex").glob("slurm-*.out"))
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_queued_job_holds_its_cell_until_cancelled(tmp_path, suite_server, monkeypatch,
+                                                     one_thread):
+    """Submission makes the claim: a held (queued) job's cell is running for every driver;
+    once the job is cancelled, the claim is stale and the next run takes the cell over."""
+    _require_slurm()
+    import subprocess
+
+    from suite import cells, claims
+    from suite.config import SlurmOptions, load_study, replace
+    from suite.executors import SlurmExecutor
+
+    path = tmp_path / "one.yaml"
+    path.write_text("name: held\nsource: synth-source\nmodels:\n  - {name: a, width: 4, "
+                    "depth: 1, epochs: 1}\ndatasets: [synth-shapes]\nsettings: [logistic]\n"
+                    "l2_grid: [1.0]\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", suite_server.url)
+    tracking._CURRENT = None
+    tracking.configure(workspace=tmp_path / "ws", tracking_uri=suite_server.url)
+    cfg = replace(load_study(str(path)), slurm=SlurmOptions(extra_sbatch=("--hold",)))
+    first = next(s for s in cells.states(cfg) if s.state is cells.State.pending)
+    ex = SlurmExecutor(slurm=cfg.slurm)
+    ex.submit(cfg, first.cell)
+    job = ex.mine[first.cell.key]
+    st = next(s for s in cells.states(cfg) if s.cell.key == first.cell.key)
+    assert st.state is cells.State.running and st.claim.owner == claims.QUEUED
+    assert st.claim.slurm_job == job
+    subprocess.run(["scancel", job], check=True)
+    for _ in range(50):  # scancel is asynchronous
+        if not claims.slurm_job_alive(job):
+            break
+        import time
+
+        time.sleep(0.2)
+    st = next(s for s in cells.states(cfg) if s.cell.key == first.cell.key)
+    assert st.state is cells.State.pending and "is gone" in st.stale
+    assert main(["-w", str(tmp_path / "ws"), "--tracking-uri", suite_server.url, "-q",
+                 "study", "run", str(path), "--skip-analysis"]) == 0
+    rows = claims.list_claims("held", first.cell.key)
+    assert [r.status for r in rows] == ["KILLED", "FINISHED"]
+    assert not not_finished("held")
 
 
 def test_slurm_without_sbatch_is_a_clear_error(store, tmp_path, monkeypatch, capsys):

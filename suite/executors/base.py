@@ -9,7 +9,8 @@ killed, restarted, or run several at once on one study. A worker runs one cell::
     python -m suite --workspace WS [--tracking-uri URI] -q study work STUDY_FILE --cell KEY
 
 (:func:`worker_command`), where ``STUDY_FILE`` is the resolved study written into the workspace
-(:func:`write_study_file`); the same command runs in a local subprocess or a SLURM job.
+(:func:`write_study_file`); the same command runs in a SLURM job, or cell after cell in a
+long-lived local worker (:mod:`suite.executors.worker`).
 Exit codes: 0 done (or already done), :data:`EXIT_CLAIM_LOST` another worker holds the cell,
 2 a user error, anything else a failure (the claim says why: ``suite.error``).
 """
@@ -86,13 +87,19 @@ def write_study_file(cfg: StudyConfig) -> Path:
     return path
 
 
+def suite_args() -> list[str]:
+    """The global options of the worker command: this workspace and tracking server, quiet."""
+    tr = tracking.current()
+    args = ["--workspace", str(tr.workspace), "-q"]
+    if not tr.embedded:
+        args += ["--tracking-uri", tr.tracking_uri]
+    return args
+
+
 def worker_command(study_path: Path, key: str) -> list[str]:
     """The command that runs one cell (module docstring), with this interpreter."""
-    tr = tracking.current()
-    cmd = [sys.executable, "-m", "suite", "--workspace", str(tr.workspace), "-q"]
-    if not tr.embedded:
-        cmd += ["--tracking-uri", tr.tracking_uri]
-    return cmd + ["study", "work", str(study_path), "--cell", key]
+    return [sys.executable, "-m", "suite", *suite_args(), "study", "work", str(study_path),
+            "--cell", key]
 
 
 def drive(cfg: StudyConfig, executor: Executor, *, analysis: bool = True,
@@ -104,42 +111,47 @@ def drive(cfg: StudyConfig, executor: Executor, *, analysis: bool = True,
     attempts: dict[str, int] = {}  # worker exits without a result, per cell key
     submitted: dict[str, int] = {}
     first = True
-    while True:
-        sts = [s for s in cells.states(cfg, since=since)
-               if analysis or s.cell.kind is not cells.Kind.analysis]
-        if first:
-            out.reused = [s.cell.label for s in sts if s.state is cells.State.done]
-            first = False
-        for s in sts:
-            if s.state is cells.State.failed and s.cell.label not in out.failed:
-                out.failed[s.cell.label] = (s.claim.error if s.claim else "") or "failed"
-        for key, code in executor.collect():
-            label = next((s.cell.label for s in sts if s.cell.key == key), key)
-            if code is None:  # ended; its claim tells the outcome
-                continue
-            if code == 0:
-                console.print(f"[green]done[/] {label}")
-            elif code != EXIT_CLAIM_LOST:
-                attempts[key] = attempts.get(key, 0) + 1
-                console.print(f"[red]worker failed[/] {label} (exit {code})")
-        flying = executor.in_flight()
-        ready = [s for s in sts if s.state is cells.State.pending and s.cell.key not in flying
-                 and attempts.get(s.cell.key, 0) < MAX_ATTEMPTS
-                 and submitted.get(s.cell.key, 0) < MAX_SUBMISSIONS]
-        free = executor.slots - len(flying)
-        for s in ready[:max(0, free)]:
-            if s.stale:
-                console.print(f"taking over {s.cell.label}: its claim is stale ({s.stale})")
-            out.ran.append(s.cell.label)
-            submitted[s.cell.key] = submitted.get(s.cell.key, 0) + 1
-            result = executor.submit(cfg, s.cell)
-            if result is not None:
-                out.results[s.cell.label] = result
-        running = [s for s in sts if s.state is cells.State.running]
-        if not ready and not flying and not running:
-            break
-        if not ready or free <= 0:
-            executor.wait(poll)
+    try:
+        while True:
+            sts = [s for s in cells.states(cfg, since=since)
+                   if analysis or s.cell.kind is not cells.Kind.analysis]
+            if first:
+                out.reused = [s.cell.label for s in sts if s.state is cells.State.done]
+                first = False
+            for s in sts:
+                if s.state is cells.State.failed and s.cell.label not in out.failed:
+                    out.failed[s.cell.label] = (s.claim.error if s.claim else "") or "failed"
+            for key, code in executor.collect():
+                label = next((s.cell.label for s in sts if s.cell.key == key), key)
+                if code is None:  # ended; its claim tells the outcome
+                    continue
+                if code == 0:
+                    console.print(f"[green]done[/] {label}")
+                elif code != EXIT_CLAIM_LOST:
+                    attempts[key] = attempts.get(key, 0) + 1
+                    console.print(f"[red]worker failed[/] {label} (exit {code})")
+            flying = executor.in_flight()
+            ready = [s for s in sts if s.state is cells.State.pending and s.cell.key not in flying
+                     and attempts.get(s.cell.key, 0) < MAX_ATTEMPTS
+                     and submitted.get(s.cell.key, 0) < MAX_SUBMISSIONS]
+            free = executor.slots - len(flying)
+            for s in ready[:max(0, free)]:
+                if s.stale:
+                    console.print(f"taking over {s.cell.label}: its claim is stale ({s.stale})")
+                out.ran.append(s.cell.label)
+                submitted[s.cell.key] = submitted.get(s.cell.key, 0) + 1
+                result = executor.submit(cfg, s.cell)
+                if result is not None:
+                    out.results[s.cell.label] = result
+            running = [s for s in sts if s.state is cells.State.running]
+            if not ready and not flying and not running:
+                break
+            if not ready or free <= 0:
+                executor.wait(poll)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
     out.final = sts
     for s in sts:
         if (s.state is not cells.State.done and s.cell.key in {**attempts, **submitted}

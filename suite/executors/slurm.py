@@ -1,30 +1,30 @@
-"""``slurm``: each ready cell is one SLURM job (``sbatch``) running the worker command.
+"""``slurm``: each ready cell is one SLURM job, launched through MLflow Projects.
 
-The job runs :func:`suite.executors.base.worker_command` with the submitting interpreter (the
-project's virtualenv must be visible on the compute nodes at the same path, as must the
-workspace: it holds the study file and the job logs, ``<workspace>/logs/<study>/slurm-<job>.out``).
-``sbatch`` exports the submitting environment (``MLFLOW_TRACKING_URI`` among it). Resources come
-from the study's ``slurm:`` block (:class:`~suite.config.SlurmOptions`): partition, GPUs and
-CPUs per job, time limit, extra ``sbatch`` options; ``--max-concurrent`` caps the jobs queued or
-running at once. They never enter a cell's key.
+The driver runs the ``main`` entry point of ``projects/cell`` (the worker command,
+:func:`suite.executors.base.worker_command`: ``suite study work STUDY_FILE --cell KEY``) with
+``mlflow.projects.run(..., backend="suite-slurm", env_manager="local", synchronous=False)``:
+the project's own SLURM backend (:mod:`suite.executors.slurm_backend`, an MLflow plugin)
+creates the project run and submits its command with ``sbatch``. That run *is* the cell's claim
+(:mod:`suite.claims`): it is created at submission with the claim's tags (owner ``queued``),
+tagged with the job id, and adopted by the worker when the job starts (``MLFLOW_RUN_ID``), so a
+queued cell already counts as running for every other driver, and a cancelled queued job leaves
+a claim that is stale as soon as the job has left the queue.
+
+The job uses the submitting interpreter (the project's virtualenv must be visible on the
+compute nodes at the same path, as must the workspace: it holds the study file and the job
+logs, ``<workspace>/logs/<study>/slurm-<job>.out``) and exports the submitting environment.
+Resources come from the study's ``slurm:`` block (:class:`~suite.config.SlurmOptions`):
+partition, GPUs and CPUs per job, time limit, extra ``sbatch`` options; ``--max-concurrent``
+caps the jobs queued or running at once. They never enter a cell's key.
 
 Jobs are named ``suite-<cell key>``; the driver finds its jobs in flight by name with
-``squeue``, so a restarted driver sees what an earlier one submitted. The worker tags its claim
-with ``SLURM_JOB_ID`` (``suite.slurm_job``): a claim whose job has left the queue is stale and
-taken over (:func:`suite.claims.stale_reason`), which covers preempted, cancelled and timed-out
-jobs; a requeued job claims again like any worker.
-
-Why plain ``sbatch`` rather than an MLflow Projects backend: ``mlflow-slurm`` ignores
-``--env-manager local``, fails on an MLproject without ``python_env`` and calls Lmod
-(docs/scaleout.md), and any Projects backend creates its own run for every submission before the
-job starts, which would be a second, unclaimed record of the cell. The worker command is the
-same one the local executor runs; ``projects/`` keeps the stage entry points for
-``mlflow run`` and the Kubernetes backend.
+``squeue``, so a restarted driver sees what an earlier one submitted. A claim whose job has
+left the queue is stale and taken over (:func:`suite.claims.stale_reason`), which covers
+preempted, cancelled and timed-out jobs; a requeued job claims again like any worker.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
@@ -33,7 +33,8 @@ import time
 from suite import cells, tracking
 from suite.config import SlurmOptions, StudyConfig
 from suite.errors import SuiteError
-from suite.executors.base import worker_command, write_study_file
+from suite.executors.base import write_study_file
+from suite.executors.slurm_backend import sbatch_options
 from suite.progress import console
 
 JOB_PREFIX = "suite-"
@@ -57,19 +58,11 @@ def check_slurm() -> None:
 
 
 def sbatch_command(opts: SlurmOptions, job_name: str, log: str, command: list[str]) -> list[str]:
-    """The ``sbatch`` call that submits ``command`` as one job."""
+    """The ``sbatch`` call that submits ``command`` as one job (what the suite-slurm backend
+    runs for a cell, given here whole for reading and for tests)."""
     cmd = ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={log}",
            "--export=ALL", "--ntasks=1"]
-    if opts.partition:
-        cmd.append(f"--partition={opts.partition}")
-    if opts.gpus_per_job:
-        cmd.append(f"--gres=gpu:{opts.gpus_per_job}")
-    if opts.cpus_per_job:
-        cmd.append(f"--cpus-per-task={opts.cpus_per_job}")
-    if opts.time_limit:
-        cmd.append(f"--time={opts.time_limit}")
-    cmd += list(opts.extra_sbatch)
-    return cmd + ["--wrap", shlex.join(command)]
+    return cmd + sbatch_options(opts) + ["--wrap", shlex.join(command)]
 
 
 def queued_jobs() -> dict[str, str]:
@@ -99,21 +92,30 @@ class SlurmExecutor:
         return queued_jobs()
 
     def submit(self, cfg: StudyConfig, cell: cells.Cell) -> None:
+        import mlflow.projects
+
+        from suite import claims
+        from suite.launch import projects_dir
+
         logs = tracking.current().workspace / "logs" / tracking.safe_name(cfg.name)
         logs.mkdir(parents=True, exist_ok=True)
-        cmd = sbatch_command(self.opts, f"{JOB_PREFIX}{cell.key}", str(logs / "slurm-%j.out"),
-                             worker_command(write_study_file(cfg), cell.key))
-        env = dict(os.environ, SUITE_PROGRESS="0")
+        env = {"SUITE_PROGRESS": "0"}
         if self.opts.cpus_per_job:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.opts.cpus_per_job)
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-        if out.returncode != 0:
-            raise SuiteError(f"sbatch refused {cell.label}: {out.stderr.strip()}.",
-                             "Check the study's slurm: options (partition, gpus_per_job, "
-                             "time_limit, extra_sbatch) against `sinfo`, and run again.")
-        job = out.stdout.strip().split(";")[0]
-        self.mine[cell.key] = job
-        console.print(f"submitted {cell.label} (SLURM job {job})")
+        config = {"sbatch": sbatch_options(self.opts), "job_name": f"{JOB_PREFIX}{cell.key}",
+                  "output": str(logs / "slurm-%j.out"), "env": env,
+                  "run_name": f"claim {cell.label}",
+                  "run_tags": claims.claim_tags(cfg.name, cell.key, cell.kind.value,
+                                                cell.label)}
+        params = {"workspace": str(tracking.current().workspace),
+                  "study_file": str(write_study_file(cfg)), "cell": cell.key}
+        submitted = mlflow.projects.run(
+            str(projects_dir() / "cell"), entry_point="main", parameters=params,
+            experiment_id=tracking.experiment_id(cfg.name), backend="suite-slurm",
+            backend_config=config, env_manager="local", synchronous=False)
+        self.mine[cell.key] = submitted.job
+        console.print(f"submitted {cell.label} (SLURM job {submitted.job}, MLflow run "
+                      f"{submitted.run_id})")
 
     def collect(self) -> list[tuple[str, int | None]]:
         # A job's outcome is read from its claim (the driver's next round), not from SLURM.
