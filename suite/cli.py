@@ -314,10 +314,13 @@ def finetune(
     skip_corrupt: SkipCorruptOpt = False,
     local: bool = typer.Option(False, "--local", help="Run in this process instead of "
                                "launching projects/finetune as an MLflow Project."),
+    point: bool = typer.Option(False, "--point", help="Train one grid point only (one --lrs "
+                               "value, one --wds value), without the selection."),
 ) -> None:
     """Fine-tune (or train from scratch) over an lr × weight-decay grid; select on validation.
 
-    A cell already FINISHED in the study (same model version, dataset and grid) is reused.
+    Each grid point is a run of its own, nested under the selection's parent run; a point or a
+    grid already FINISHED in the study (same model version, dataset, grid) is reused.
     """
     from suite.config import FinetuneConfig
 
@@ -330,6 +333,19 @@ def finetune(
     _tracking()
     from suite.progress import console
 
+    if point:
+        from suite.finetune import run_point
+
+        if not local:
+            from suite.launch import launch_point
+
+            console.print(f"{setting.value} point run {launch_point(cfg)} (MLflow Project "
+                          "projects/finetune, entry point point)")
+            return
+        p = run_point(cfg)
+        console.print(f"{setting.value} {model} on {dataset} lr {p.lr:g} wd {p.wd:g}: val "
+                      f"{p.val_accuracy:.2f}%, test {p.test_accuracy:.2f}%")
+        return
     if not local:
         from suite.launch import launch_finetune
 
@@ -631,13 +647,27 @@ def _cell(v) -> str:
 @zoo_app.command("register")
 def zoo_register(
     name: str = typer.Argument(..., help="Architecture (suite zoo list); ARCH:WEIGHTS picks "
-                               "specific weights, e.g. resnet50:IMAGENET1K_V1."),
+                               "specific weights, e.g. resnet50:IMAGENET1K_V1; "
+                               "py:MODULE:FACTORY[?key=value] builds a network of your own."),
     weights_file: Optional[Path] = typer.Option(None, help="Checkpoint file (state_dict) to use "
                                                 "instead of torchvision's cache/download."),
     source_top1: Optional[float] = typer.Option(None, help="ImageNet top-1 (percent) of a "
                                                 "checkpoint of your own."),
-    registered_name: Optional[str] = typer.Option(None, help="Registry name (default tv-NAME)."),
+    registered_name: Optional[str] = typer.Option(None, help="Registry name (default tv-NAME, "
+                                                  "timm-NAME, py-FACTORY)."),
     study: str = typer.Option("zoo", help="Experiment of the registration run."),
+    feature_layer: Optional[str] = typer.Option(
+        None, help="py: only. The penultimate layer (its output, flattened, are the features); "
+        "default: the factory's choice, else the input of the last nn.Linear."),
+    input_size: Optional[int] = typer.Option(None, help="py: only. Centre-crop side (224)."),
+    resize: Optional[int] = typer.Option(None, help="py: only. Shorter side before the crop "
+                                         "(default input-size × 256/224)."),
+    mean: Optional[str] = typer.Option(None, help="py: only. Normalisation mean, R,G,B "
+                                       "(ImageNet's 0.485,0.456,0.406)."),
+    std: Optional[str] = typer.Option(None, help="py: only. Normalisation std, R,G,B "
+                                      "(ImageNet's 0.229,0.224,0.225)."),
+    interpolation: Optional[str] = typer.Option(None, help="py: only. Resize interpolation: "
+                                                "nearest, bilinear (default) or bicubic."),
 ) -> None:
     """Register an ImageNet checkpoint in the Model Registry with its tags."""
     from suite.models.zoo import register_zoo
@@ -645,7 +675,9 @@ def zoo_register(
 
     _tracking()
     mv = register_zoo(name, weights_file=weights_file, source_top1=source_top1,
-                      registered_name=registered_name, study=study)
+                      registered_name=registered_name, study=study,
+                      feature_layer=feature_layer, input_size=input_size, resize=resize,
+                      mean=mean, std=std, interpolation=interpolation)
     console.print(f"registered {mv.name} v{mv.version} "
                   f"(source top-1 {mv.tags.get('source_top1', '?')}%)")
 
