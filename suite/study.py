@@ -190,13 +190,15 @@ def _execute(cfg: StudyConfig, cell) -> tuple[bool, object]:
 
 def run_cell(cfg: StudyConfig, cell) -> tuple[bool, object]:
     """Claim ``cell`` (:mod:`suite.claims`) and run it; returns (reused, result). Raises
-    :class:`suite.claims.ClaimLost` when another live worker holds it. A cell that another
-    worker finished between this worker's look and its claim is not run again."""
+    :class:`suite.claims.ClaimLost` when another live worker holds it, or when another worker
+    finished the cell between this worker's look and its claim (so that exactly one claim per
+    cell ends FINISHED)."""
     from suite import claims
 
     with claims.claim(cfg.name, cell.key, kind=cell.kind.value, label=cell.label):
-        if any(c.status == "FINISHED" for c in claims.list_claims(cfg.name, cell.key)):
-            return True, None
+        done = [c for c in claims.list_claims(cfg.name, cell.key) if c.status == "FINISHED"]
+        if done:  # finished by another worker since this one looked: this claim ends KILLED
+            raise claims.ClaimLost(cell.key, done[0].owner)
         return _execute(cfg, cell)
 
 

@@ -77,8 +77,11 @@ def _ids(ws: Path) -> dict[str, str]:
             "best_version": str(best.aliases["best-logistic"])}
 
 
-def test_study_in_the_mlflow_ui(ui, tiny_study):
+def test_study_in_the_mlflow_ui(ui, tiny_study, monkeypatch):
     from playwright.sync_api import sync_playwright
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SUITE_WORKSPACE"):
+        monkeypatch.delenv(var, raising=False)  # the tiny study's own store, not another's
 
     ids = _ids(tiny_study)
     shots = Path(tempfile.mkdtemp(prefix="suite-ui-shots-"))

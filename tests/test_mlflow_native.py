@@ -6,12 +6,14 @@ import pytest
 
 
 @pytest.mark.slow
-def test_readme_queries_return_the_study(tiny_study):
+def test_readme_queries_return_the_study(tiny_study, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
     from suite import tracking
 
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SUITE_WORKSPACE"):
+        monkeypatch.delenv(var, raising=False)  # the tiny study's own store, not another's
     tracking._CURRENT = None
     tracking.configure(workspace=tiny_study)
     try:
