@@ -218,6 +218,9 @@ def study_list() -> None:
 # Options shared by the stage commands (one declaration, one help text).
 StudyOpt = Annotated[str, typer.Option(help="Study (= MLflow experiment).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (splits, initialisation, batches).")]
+ValFractionOpt = Annotated[float, typer.Option(
+    help="Held out of train when the dataset has no validation split.")]
+ExtractBatchOpt = Annotated[int, typer.Option(help="Feature-extraction batch size.")]
 DataRootOpt = Annotated[str, typer.Option(
     help="Root of on-disk datasets (where `suite data fetch NAME --root R` put them).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -372,12 +375,11 @@ def probe(
         ProbeSearch.exhaustive, help="exhaustive: fit and score all l2 values (the paper's "
         "sweep); adaptive: an approximation that stops past the validation peak and can select "
         "a worse value."),
-    val_fraction: float = typer.Option(0.2, help="Held out of train when the dataset has no "
-                                       "validation split."),
+    val_fraction: ValFractionOpt = 0.2,
     seed: SeedOpt = 0,
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
-    batch_size: int = typer.Option(256, help="Feature-extraction batch size."),
+    batch_size: ExtractBatchOpt = 256,
     num_workers: WorkersOpt = -1,
     decode: Decoder = typer.Option(
         Decoder.auto, help="Where extraction decodes JPEGs: pil or torchvision in the workers, "
@@ -410,12 +412,11 @@ def estimate(
         None, help="Estimators to score (repeatable); default all: logme, leep, nce, hscore, "
         "hscore_shrinkage, nleep, gbc, sfda, transrate."),
     split: str = typer.Option("train", help="Split to score (the literature scores train)."),
-    val_fraction: float = typer.Option(0.2, help="Held out of train when the dataset has no "
-                                       "validation split (which rows train has)."),
+    val_fraction: ValFractionOpt = 0.2,
     seed: SeedOpt = 0,
     data_root: DataRootOpt = "",
     device: DeviceOpt = "auto",
-    batch_size: int = typer.Option(256, help="Feature-extraction batch size."),
+    batch_size: ExtractBatchOpt = 256,
     num_workers: WorkersOpt = -1,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON."),
 ) -> None:

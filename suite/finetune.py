@@ -276,8 +276,7 @@ def run_point(cfg: FinetuneConfig, mv=None, shared: _Shared | None = None,
     with tracking.start_run(cfg.study, name, tags,
                             log_system_metrics=tracking.system_metrics_available()) as run:
         tracking.log_config(cfg)
-        splits = {"train": shared.data.train, "val": shared.data.val_loader.dataset,
-                  "test": shared.data.test_loader.dataset}
+        splits = shared.splits()
         log_skipped(list(splits.values()), cfg.dataset)
         tracking.log_dataset_inputs(cfg.dataset, tuple(splits), root=cfg.data_root,
                                     seed=cfg.seed, loaded=splits)
@@ -304,6 +303,11 @@ class _Shared:
             from suite.models import model_from_version
 
             self.base = model_from_version(mv)
+
+    def splits(self) -> dict[str, object]:
+        """The loaded splits by name (for the dataset inputs and the skipped-file lists)."""
+        return {"train": self.data.train, "val": self.data.val_loader.dataset,
+                "test": self.data.test_loader.dataset}
 
 
 def _finished_point(cfg: FinetuneConfig, mv) -> _Point | None:
@@ -336,12 +340,11 @@ def select_and_log(cfg: FinetuneConfig, mv, cell: str, points: list[_Point],
     best = select_point(points)
     with tracking.start_run(cfg.study, _run_name(cfg, mv), tags) as parent:
         tracking.log_config(cfg)
+        splits = shared.splits() if shared is not None else {}
         tracking.log_dataset_inputs(cfg.dataset, ("train", "val", "test"), root=cfg.data_root,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, loaded=splits)
         mlflow.log_params(target_recipe(setting, mv))
-        if shared is not None:
-            log_skipped([shared.data.train, shared.data.val_loader.dataset,
-                         shared.data.test_loader.dataset], cfg.dataset)
+        log_skipped(list(splits.values()), cfg.dataset)
         _log_selected(parent.info.run_id, best, cfg.steps)
         client = tracking.client()
         for p in points:

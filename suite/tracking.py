@@ -581,7 +581,10 @@ def _dataset_classes():
 
         @classmethod
         def _resolve(cls, raw_source: Any):
-            raise NotImplementedError
+            # Never reached: _can_resolve refuses every raw source (a generator source is
+            # built from its parameters, or read back with from_dict, never from a URI).
+            raise ValueError(f"A synthetic generator source is not resolved from {raw_source!r}; "
+                             "build it with GeneratorSource(...) or from_dict().")
 
         def to_dict(self) -> dict[str, Any]:
             return {"generator": self.generator, "version": self.version, "seeds": self.seeds,

@@ -123,9 +123,9 @@ class LocalExecutor:
         w = self._worker(slot)
         try:
             w.send(write_study_file(cfg), cell.key, log)
-        except (BrokenPipeError, OSError):  # it ended just now (its cell limit): a new one
-            w = self.workers[slot] = _Worker(slot, self.env_for(slot), w_log(slot),
-                                             self.answers)
+        except OSError:  # it ended just now (its cell limit): a new one takes the cell
+            del self.workers[slot]
+            w = self._worker(slot)
             w.send(write_study_file(cfg), cell.key, log)
         self.busy[cell.key] = w
         console.print(f"started {cell.label} (worker {slot}, pid {w.proc.pid})")
