@@ -24,7 +24,7 @@ Before a worker runs a cell it **claims** it in MLflow, the only state all worke
 
 Why a separate, lightweight claim run rather than the stage's own run: the claim must exist
 before the stage decides anything (before it loads data, looks up the registry or creates its
-run, and the fine-tune stage creates a parent and a child per grid point), and it must record
+run, and the fine-tune stage creates a run per grid point and a parent), and it must record
 failures the stage never reaches (a dataset that does not load). Keeping the stage runs exactly as
 they were keeps their ``suite.cell`` keys, so finished runs of existing studies are still found
 and the analysis (which reads stage runs only) is unchanged. The claim run carries the cell key

@@ -122,7 +122,8 @@ class PretrainConfig:
 class FinetuneConfig:
     """Fine-tune (or train from scratch) one registered model on one target over an lr × wd grid.
 
-    Each grid point is a nested child run; the parent run logs the point selected on validation,
+    Each grid point is a run of its own (a cell of a study), nested under the parent run once the
+    selection has run; the parent run logs the point selected on validation,
     its test accuracy, and its learning curve (``curve_val_accuracy`` by optimisation step).
     """
 

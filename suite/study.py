@@ -2,8 +2,9 @@
 
 Reads: a :class:`~suite.config.StudyConfig` (YAML or preset). Writes, into the study's MLflow
 experiment: one pretrain run + registered model version per model, one probe run per
-(model, dataset), one fine-tune parent run (with a child per grid point) per (model, dataset),
-one scratch parent run per (architecture, dataset), and one analysis run with the correlation
+(model, dataset), one run per fine-tune grid point and one parent run (the selection, the
+points nested under it) per (model, dataset), the same for scratch per (architecture,
+dataset), and one analysis run with the correlation
 table, figures and report.
 
 Scratch trains an architecture, not a checkpoint: models that share one
